@@ -1,0 +1,29 @@
+# Two entry points do all the set-up on a fresh machine with Python 3.11:
+#   make repro   install what is missing into .venv, then `dvc repro` on the default params
+#   make test    install what is missing into .venv, then run the whole test suite
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+# The GPU build of ONNX Runtime where an NVIDIA driver answers, else the CPU build (never both).
+ORT_EXTRA := $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+export PATH := $(BIN):$(PATH)
+
+.PHONY: install repro test ui
+
+$(VENV)/.installed-$(ORT_EXTRA): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet -e ".[dev,$(ORT_EXTRA)]"
+	touch $@
+
+install: $(VENV)/.installed-$(ORT_EXTRA)
+
+repro: install
+	dvc repro
+
+test: install
+	python -m pytest
+
+ui: install
+	lungseg ui

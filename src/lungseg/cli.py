@@ -1,0 +1,65 @@
+"""The `lungseg` command: `lungseg predict` runs the exported model; `lungseg ui` opens the MLflow UI."""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL = Path("models/model.onnx")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from lungseg.predict import Segmenter, collect_inputs, predict_files
+
+    try:
+        segmenter = Segmenter(args.model, threads=args.threads)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    files, missing = collect_inputs(args.inputs)
+    summary = predict_files(segmenter, files, args.output, show_progress=not args.quiet)
+    summary.failed[:0] = missing
+    for problem in summary.failed:
+        print(f"error: {problem}", file=sys.stderr)
+    print(summary.line())
+    return 1 if summary.failed or not summary.written else 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from lungseg.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(os.environ, Path.cwd())
+    print(f"MLflow UI for {uri} on http://{args.host}:{args.port}")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--host", args.host, "--port", str(args.port)]
+    return subprocess.call(command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lungseg", description="Lung segmentation on chest X-rays.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    predict = commands.add_parser("predict", help="segment the lungs in image files with the exported ONNX model")
+    predict.add_argument("inputs", nargs="+", help="image files (PNG/JPEG, 8/16-bit, gray or RGB) or folders")
+    predict.add_argument("--model", default=str(DEFAULT_MODEL), help="ONNX model; its .card.json must sit beside it")
+    predict.add_argument("--output", required=True, help="folder for the masks: <input stem>.png, 0 or 255")
+    predict.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.set_defaults(handler=_predict)
+
+    ui = commands.add_parser("ui", help="open the MLflow UI on this repository's runs (or MLFLOW_TRACKING_URI)")
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(handler=_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

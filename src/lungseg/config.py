@@ -1,0 +1,165 @@
+"""params.yaml -> typed, validated configuration.
+
+Every section is a strict pydantic model: an unknown key or a bad value is rejected with a message that
+names the key, so a typo in params.yaml fails before any long work starts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+class ConfigError(ValueError):
+    """params.yaml is unreadable or holds an unknown key or a bad value."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitConfig(_Strict):
+    """Fractions of each (source, label) stratum that go to each split."""
+
+    train: float = Field(gt=0, lt=1)
+    val: float = Field(gt=0, lt=1)
+    test: float = Field(gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitConfig":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1, got {total:g}")
+        return self
+
+
+class PrepareConfig(_Strict):
+    sources: list[str] = Field(min_length=1)
+    split: SplitConfig
+    on_bad_pair: Literal["fail", "skip"] = "fail"
+
+
+class AugmentConfig(_Strict):
+    rotate_limit: float = Field(ge=0, le=45)
+    scale_limit: float = Field(ge=0, lt=1)
+    shift_limit: float = Field(ge=0, lt=0.5)
+    affine_p: float = Field(ge=0, le=1)
+    brightness_limit: float = Field(ge=0, lt=1)
+    contrast_limit: float = Field(ge=0, lt=1)
+    brightness_contrast_p: float = Field(ge=0, le=1)
+    gamma_limit: tuple[float, float]
+    gamma_p: float = Field(ge=0, le=1)
+    horizontal_flip_p: float = Field(ge=0, le=1)
+    preview_count: int = Field(ge=1, le=64)
+
+    @field_validator("gamma_limit")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high:
+            raise ValueError(f"gamma_limit must be 0 < low <= high, got {list(value)}")
+        return value
+
+
+class ModelConfig(_Strict):
+    encoder: Literal[ENCODERS]  # type: ignore[valid-type]
+    encoder_weights: str | None = None
+    decoder_channels: tuple[int, int, int, int, int]
+    batch_norm: bool
+    input_mean: float
+    input_std: float = Field(gt=0)
+
+    @field_validator("decoder_channels")
+    @classmethod
+    def _positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(c <= 0 for c in value):
+            raise ValueError(f"decoder_channels must be positive, got {list(value)}")
+        return value
+
+
+class TrainConfig(_Strict):
+    image_size: int = Field(ge=32)
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    optimizer: Literal["adam", "adamw", "sgd"]
+    learning_rate: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    scheduler: Literal["constant", "cosine", "onecycle"]
+    dice_weight: float = Field(ge=0)
+    device: Literal["auto", "cpu", "cuda"]
+    mixed_precision: bool
+    channels_last: bool
+    num_threads: int = Field(ge=0)
+    num_workers: int = Field(ge=0)
+
+    @field_validator("image_size")
+    @classmethod
+    def _multiple_of_32(cls, value: int) -> int:
+        # The encoder halves the resolution five times; skip connections need exact matches.
+        if value % 32:
+            raise ValueError(f"image_size must be a multiple of 32 (the encoder downsamples 5 times), got {value}")
+        return value
+
+
+class EvaluateConfig(_Strict):
+    threshold: float = Field(gt=0, lt=1)
+    batch_size: int = Field(gt=0)
+
+
+class ExportConfig(_Strict):
+    opset: int = Field(ge=13)
+    parity_images: int = Field(gt=0)
+    max_logit_diff: float = Field(gt=0)
+    min_mask_agreement: float = Field(gt=0, le=1)
+
+
+class Params(_Strict):
+    """The whole of params.yaml."""
+
+    seed: int = Field(ge=0)
+    prepare: PrepareConfig
+    augment: AugmentConfig
+    model: ModelConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    export: ExportConfig
+
+
+def parse_params(raw: dict, source: str = "params") -> Params:
+    """Validate a params mapping; raises ConfigError naming every bad key."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        problems = []
+        for item in err.errors():
+            key = ".".join(str(part) for part in item["loc"])
+            problems.append(f"  {key}: {item['msg']}")
+        raise ConfigError(f"{source}: invalid parameters\n" + "\n".join(problems)) from None
+
+
+def load_params(path: str | Path) -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read parameters: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return parse_params(raw, source=str(path))
+
+
+def flatten(mapping: dict, prefix: str = "") -> dict[str, object]:
+    """{'train': {'epochs': 3}} -> {'train.epochs': 3}, for experiment trackers."""
+    flat: dict[str, object] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat

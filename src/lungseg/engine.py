@@ -1,0 +1,198 @@
+"""train_one_epoch / validate / fit with explicit arguments, returning plain dicts; checkpoints."""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from lungseg.config import TrainConfig
+from lungseg.metrics import SegmentationScores
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def select_device(name: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU; 'cuda' without a GPU fails rather than silently using the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bfloat16 autocast on CUDA (no loss scaling needed); a no-op on CPU."""
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=config.learning_rate, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+    )
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-step learning-rate schedule over the whole run."""
+    total_steps = max(1, config.epochs * steps_per_epoch)
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if config.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def _to_device(batch: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    batch = batch.to(device, non_blocking=True)
+    return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    mixed_precision: bool,
+    channels_last: bool,
+    description: str = "train",
+) -> dict[str, float]:
+    """One pass over the loader; returns loss (mean per image), IoU, Dice and images per second."""
+    model.train()
+    scores, loss_sum, seen = SegmentationScores(), 0.0, 0
+    start = time.perf_counter()
+    with tqdm(total=len(loader.dataset), desc=description, unit="img", leave=False, mininterval=2.0) as bar:
+        for images, masks in loader:
+            images, masks = _to_device(images, device, channels_last), masks.to(device)
+            with autocast(device, mixed_precision):
+                logits = model(images)  # (B, 1, S, S)
+            loss = loss_fn(logits, masks)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            scores.update(logits.detach() > 0, masks > 0.5)
+            loss_sum += loss.item() * len(images)
+            seen += len(images)
+            bar.update(len(images))
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+    elapsed = time.perf_counter() - start
+    return {"loss": loss_sum / seen, **scores.dataset_scores(), "images_per_second": seen / elapsed}
+
+
+@torch.no_grad()
+def validate(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: nn.Module,
+    device: torch.device,
+    mixed_precision: bool,
+    channels_last: bool,
+) -> dict[str, float]:
+    """Loss, IoU and Dice over the whole loader at the model's resolution (counts summed, then reduced)."""
+    model.eval()
+    scores, loss_sum, seen = SegmentationScores(), 0.0, 0
+    for images, masks in loader:
+        images, masks = _to_device(images, device, channels_last), masks.to(device)
+        with autocast(device, mixed_precision):
+            logits = model(images)
+        loss_sum += loss_fn(logits, masks).item() * len(images)
+        seen += len(images)
+        scores.update(logits > 0, masks > 0.5)
+    return {"loss": loss_sum / seen, **scores.dataset_scores()}
+
+
+def torch_runner(model: nn.Module, device: torch.device | str = "cpu") -> Callable[[np.ndarray], np.ndarray]:
+    """Wrap a PyTorch model as run_model for imaging.segment: (N, C, S, S) float32 -> (N, S, S) logits."""
+    model = model.eval().to(device)
+
+    @torch.no_grad()
+    def run(inputs: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(inputs).to(device)).float()[:, 0].cpu().numpy()
+
+    return run
+
+
+def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
+    """Write then rename, so an interrupted write never leaves a corrupt checkpoint in place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        torch.save(checkpoint, tmp)
+    os.replace(tmp.name, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint with weights_only=True: a file holding arbitrary pickled objects is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: checkpoint not found; run `dvc repro train` first") from None
+    except Exception as err:  # torch raises UnpicklingError or RuntimeError for unsafe or corrupt files
+        raise ValueError(f"{path}: refused to load checkpoint (not a plain weights file, or corrupt): {err}") from None
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    config: TrainConfig,
+    on_epoch_end: Callable[[dict, bool], None],
+) -> list[dict]:
+    """Train for config.epochs; after each epoch call on_epoch_end(row, is_best) with the epoch's metrics.
+
+    Rows use the shared metric names: epoch, train/loss, train/iou, train/dice, val/loss, val/iou, val/dice,
+    lr, seconds. The best epoch is the one with the highest val/dice (earliest on ties).
+    """
+    history: list[dict] = []
+    best_dice = -1.0
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        train = train_one_epoch(
+            model, train_loader, loss_fn, optimizer, scheduler, device,
+            config.mixed_precision, config.channels_last, description=f"epoch {epoch}/{config.epochs}",
+        )
+        val = validate(model, val_loader, loss_fn, device, config.mixed_precision, config.channels_last)
+        row = {
+            "epoch": epoch,
+            **{f"train/{k}": v for k, v in train.items()},
+            **{f"val/{k}": v for k, v in val.items()},
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - start,
+        }
+        is_best = val["dice"] > best_dice
+        best_dice = max(best_dice, val["dice"])
+        history.append(row)
+        tqdm.write(
+            f"epoch {epoch}/{config.epochs}  train loss {train['loss']:.4f} dice {train['dice']:.4f}  "
+            f"val loss {val['loss']:.4f} dice {val['dice']:.4f} iou {val['iou']:.4f}  "
+            f"{train['images_per_second']:.1f} img/s  {row['seconds']:.0f}s{'  *best' if is_best else ''}"
+        )
+        on_epoch_end(row, is_best)
+    return history

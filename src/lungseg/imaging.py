@@ -1,0 +1,71 @@
+"""Resizing between an X-ray's own size and the model's size, shared by training, evaluation and prediction.
+
+Pure NumPy/OpenCV, no torch, so the deployed ONNX predictor applies exactly the same operations.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import cv2
+import numpy as np
+
+# Named in the model card so every consumer resizes the same way.
+DOWNSAMPLE = "area"
+UPSAMPLE = "bilinear"
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) uint8 -> (size, size) uint8, area interpolation (anti-aliased), aspect ratio not kept."""
+    if image.shape == (size, size):
+        return image
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def resize_mask_soft(mask: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) bool -> (size, size) uint8 in 0..255 holding the lung fraction of each output pixel.
+
+    A soft target keeps the sub-pixel boundary position that nearest-neighbour resizing would throw away.
+    """
+    return resize_image(mask.astype(np.uint8) * 255, size)
+
+
+def to_model_input(images: np.ndarray) -> np.ndarray:
+    """(N, S, S) uint8 -> (N, 1, S, S) float32 in 0..1: the ONNX model's input."""
+    return (images.astype(np.float32) / 255.0)[:, None]
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-logits.astype(np.float32)))).astype(np.float32)
+
+
+def probabilities_to_mask(probabilities: np.ndarray, height: int, width: int, threshold: float) -> np.ndarray:
+    """(S, S) float probabilities -> (height, width) bool mask: bilinear resize back, then threshold.
+
+    Resizing probabilities (not a thresholded mask) keeps smooth boundaries at the full resolution.
+    """
+    if probabilities.shape != (height, width):
+        probabilities = cv2.resize(probabilities, (width, height), interpolation=cv2.INTER_LINEAR)
+    return probabilities > threshold
+
+
+def segment(
+    images: list[np.ndarray],
+    run_model: Callable[[np.ndarray], np.ndarray],
+    image_size: int,
+    threshold: float,
+    batch_size: int,
+) -> list[np.ndarray]:
+    """Gray uint8 images of any size -> bool lung masks of the same sizes.
+
+    run_model maps a (N, 1, S, S) float32 batch in 0..1 to (N, S, S) logits: a PyTorch model in evaluation,
+    an ONNX Runtime session in deployment. Everything around it is this one function, used by both.
+    """
+    masks = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        inputs = to_model_input(np.stack([resize_image(image, image_size) for image in chunk]))
+        probabilities = sigmoid(run_model(inputs))  # (N, S, S)
+        masks.extend(
+            probabilities_to_mask(p, image.shape[0], image.shape[1], threshold) for p, image in zip(probabilities, chunk)
+        )
+    return masks

@@ -1,0 +1,89 @@
+"""Shared fixtures: real shipped X-rays, and a tiny copy of the repository for end-to-end runs."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = REPO / "data" / "sources"
+BIN = Path(sys.executable).parent
+
+# Shrinks the real params.yaml to seconds: a handful of real pairs, small images, one epoch.
+TINY_OVERRIDES = {
+    "prepare": {"split": {"train": 0.5, "val": 0.25, "test": 0.25}},
+    "augment": {"preview_count": 4},
+    "model": {"decoder_channels": [16, 16, 8, 8, 8]},
+    "train": {"image_size": 64, "epochs": 1, "batch_size": 4, "num_threads": 1},
+    "evaluate": {"batch_size": 4},
+    "export": {"parity_images": 2},
+}
+
+
+def real_pair_names(source: str, count: int) -> list[str]:
+    """The first `count` normal and `count` TB names of a shipped source, for stratified tiny splits."""
+    names = sorted(p.stem for p in (SOURCES / source / "images").glob("*.png"))
+    normal = [n for n in names if n.endswith("_0")][:count]
+    tb = [n for n in names if n.endswith("_1")][:count]
+    return normal + tb
+
+
+def copy_pairs(source: str, names: list[str], target: Path) -> Path:
+    for sub in ("images", "masks"):
+        (target / sub).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            shutil.copy(SOURCES / source / sub / f"{name}.png", target / sub / f"{name}.png")
+    return target
+
+
+def deep_update(base: dict, overrides: dict) -> dict:
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def run(command: list[str], cwd: Path, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run a command; on failure the assertion shows its output."""
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def make_tiny_repo(root: Path, pairs_per_label: int = 4) -> Path:
+    """A git + DVC repository holding this project's pipeline, the real params shrunk, and a few real pairs."""
+    for item in ("src", "stages", "dvc.yaml", "pyproject.toml", ".dvcignore"):
+        source = REPO / item
+        if source.is_dir():
+            shutil.copytree(source, root / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif source.exists():
+            shutil.copy(source, root / item)
+    shutil.copy(REPO / ".gitignore", root / ".gitignore")
+    for source in ("montgomery", "shenzhen"):
+        copy_pairs(source, real_pair_names(source, pairs_per_label), root / "data" / "sources" / source)
+    params = deep_update(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_OVERRIDES)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], root)
+    run(["git", "config", "user.email", "ci@lungseg.test"], root)
+    run(["git", "config", "user.name", "lungseg tests"], root)
+    run([str(BIN / "dvc"), "init", "-q"], root)
+    run([str(BIN / "dvc"), "config", "core.analytics", "false"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "tiny lungseg"], root)
+    return root
+
+
+@pytest.fixture
+def real_xray() -> tuple[np.ndarray, np.ndarray]:
+    from lungseg.io import read_grayscale, read_mask
+
+    name = "MCUCXR_0001_0"
+    return (read_grayscale(SOURCES / "montgomery" / "images" / f"{name}.png"),
+            read_mask(SOURCES / "montgomery" / "masks" / f"{name}.png"))
