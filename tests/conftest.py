@@ -87,3 +87,33 @@ def real_xray() -> tuple[np.ndarray, np.ndarray]:
     name = "MCUCXR_0001_0"
     return (read_grayscale(SOURCES / "montgomery" / "images" / f"{name}.png"),
             read_mask(SOURCES / "montgomery" / "masks" / f"{name}.png"))
+
+
+TINY_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """An untrained tiny U-Net (deterministic weights); real training is the end-to-end test's job."""
+    import torch
+
+    from lungseg.config import ModelConfig
+    from lungseg.model import build_model
+
+    torch.manual_seed(0)
+    config = ModelConfig(encoder="resnet18", decoder_channels=(16, 16, 8, 8, 8), batch_norm=True,
+                         input_mean=0.5, input_std=0.25)
+    return build_model(config, in_channels=1).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory, tiny_model):
+    """tiny_model exported to ONNX with its model card; returns the .onnx path."""
+    from lungseg import export, io
+
+    path = tmp_path_factory.mktemp("model") / "model.onnx"
+    export.export_onnx(tiny_model, path, TINY_SIZE, in_channels=1, opset=18)
+    card = export.model_card(TINY_SIZE, 1, 0.5, {"train": {"image_size": TINY_SIZE}}, {"test/dice": 0.0},
+                             "0" * 40, 0.5, 0.25)
+    io.write_json(export.card_path_for(path), card)
+    return path

@@ -82,7 +82,7 @@ class ModelConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    image_size: int = Field(ge=32)
+    image_size: int = Field(ge=64)
     epochs: int = Field(gt=0)
     batch_size: int = Field(gt=0)
     optimizer: Literal["adam", "adamw", "sgd"]

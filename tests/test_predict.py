@@ -1,0 +1,65 @@
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lungseg.cli import main
+from conftest import SOURCES
+
+@pytest.fixture
+def inputs(tmp_path, real_xray):
+    """Real X-rays as users hand them over: several sizes and aspect ratios, RGB, 16-bit, JPEG."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image, _ = real_xray
+    Image.fromarray(image).save(folder / "plain.png")
+    Image.fromarray(image).convert("RGB").save(folder / "plain_rgb.png")
+    Image.fromarray(image).resize((300, 420)).save(folder / "tall.png")
+    Image.fromarray(image).resize((700, 333)).convert("RGB").save(folder / "wide_rgb.png")
+    Image.fromarray(image.astype(np.uint16) * 257).save(folder / "deep16.png")
+    Image.fromarray(image).convert("RGB").save(folder / "photo.jpg", quality=90)
+    shutil.copy(SOURCES / "shenzhen" / "images" / "CHNCXR_0001_0.png", folder / "CHNCXR_0001_0.png")
+    return folder
+
+
+def sizes(folder):
+    return {p.stem: Image.open(p).size for p in folder.iterdir()}
+
+
+def test_one_binary_mask_per_input_with_the_input_size(tiny_onnx, inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["predict", str(inputs), "--model", str(tiny_onnx), "--output", str(out), "--quiet"]) == 0
+    expected = sizes(inputs)
+    assert sizes(out) == expected
+    for path in out.iterdir():
+        mask = np.asarray(Image.open(path))
+        assert Image.open(path).mode == "L"
+        assert set(np.unique(mask)) <= {0, 255}
+    assert "7 masks written, 0 failed" in capsys.readouterr().out
+
+
+def test_16_bit_and_rgb_inputs_give_the_same_mask_as_8_bit(tiny_onnx, inputs, tmp_path):
+    out = tmp_path / "out"
+    main(["predict", str(inputs), "--model", str(tiny_onnx), "--output", str(out), "--quiet"])
+    plain = np.asarray(Image.open(out / "plain.png"))
+    assert np.array_equal(np.asarray(Image.open(out / "deep16.png")), plain)
+    assert np.array_equal(np.asarray(Image.open(out / "plain_rgb.png")), plain)
+
+
+def test_a_corrupt_file_is_reported_and_the_others_still_written(tiny_onnx, inputs, tmp_path, capsys):
+    (inputs / "broken.png").write_bytes((inputs / "plain.png").read_bytes()[:300])
+    (inputs / "notes.jpg").write_text("not an image")
+    out = tmp_path / "out"
+    code = main(["predict", str(inputs), "--model", str(tiny_onnx), "--output", str(out), "--quiet"])
+    assert code == 1
+    assert len(list(out.iterdir())) == 7
+    captured = capsys.readouterr()
+    assert "broken.png" in captured.err and "notes.jpg" in captured.err
+    assert "7 masks written, 2 failed" in captured.out
+
+
+def test_missing_model_is_a_clear_error(tmp_path, inputs, capsys):
+    code = main(["predict", str(inputs), "--model", str(tmp_path / "none.onnx"), "--output", str(tmp_path / "o")])
+    assert code == 2
+    assert "none.onnx" in capsys.readouterr().err

@@ -1,0 +1,37 @@
+import socket
+from pathlib import Path
+
+import pytest
+
+from lungseg.tracking import TrackingUnavailableError, check_reachable, resolve_tracking_uri, run_tags
+
+
+def test_default_store_is_sqlite_in_the_repository(tmp_path):
+    assert resolve_tracking_uri({}, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+
+
+def test_queued_experiments_log_to_the_parent_repository(tmp_path):
+    # DVC runs queued experiments in a temporary copy and sets DVC_ROOT to the parent repository.
+    copy = tmp_path / ".dvc" / "tmp" / "exps" / "tmpabc"
+    copy.mkdir(parents=True)
+    assert resolve_tracking_uri({"DVC_ROOT": str(tmp_path)}, copy) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+
+
+def test_environment_points_at_a_team_server(tmp_path):
+    env = {"MLFLOW_TRACKING_URI": "http://mlflow.example:5000", "DVC_ROOT": str(tmp_path)}
+    assert resolve_tracking_uri(env, tmp_path) == "http://mlflow.example:5000"
+
+
+def test_unreachable_server_is_detected_before_training():
+    with socket.socket() as probe:  # a port that was free a moment ago and has no listener now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(TrackingUnavailableError, match=f"127.0.0.1:{port}.*unreachable"):
+        check_reachable(f"http://127.0.0.1:{port}", timeout=2)
+    check_reachable(f"sqlite:///{Path.cwd()}/mlflow.db")  # local stores need no check
+
+
+def test_tags_carry_the_commit_and_the_experiment_name(tmp_path):
+    tags = run_tags({"DVC_EXP_NAME": "lean-bass"}, Path(__file__).parent)
+    assert tags["dvc_exp_name"] == "lean-bass"
+    assert len(tags["mlflow.source.git.commit"]) in (40, len("unknown"))
