@@ -29,7 +29,9 @@ def main() -> None:
 
     manifest = io.read_manifest(args.manifest)
     test = manifest[manifest["split"] == "test"]
-    per_image = evaluation.score_split(test, run_model, image_size, config.threshold, config.batch_size)
+    per_image = evaluation.score_split(
+        test, run_model, image_size, config.threshold, config.batch_size, config.postprocess
+    )
     io.write_csv(args.per_image, per_image)
     metrics = evaluation.split_metrics(per_image, "test")
     io.write_json(args.metrics, metrics)
@@ -38,14 +40,14 @@ def main() -> None:
     cases = []
     for role, name in evaluation.pick_cases(per_image):
         image, truth = io.read_grayscale(rows.loc[name, "image_path"]), io.read_mask(rows.loc[name, "mask_path"])
-        prediction = evaluation.segment_one(image, run_model, image_size, config.threshold)
+        prediction = evaluation.segment_one(image, run_model, image_size, config.threshold, config.postprocess)
         dice = per_image.set_index("name").loc[name, "dice"]
         cases.append((f"{role}: {name}\nDice {dice:.4f}", image, truth, prediction))
     figures.cases_figure(cases, args.cases)
     figures.dice_histogram(per_image["dice"].to_numpy(), args.histogram)
 
     tracking_uri = tracking.resolve_tracking_uri(os.environ, Path.cwd())
-    with tracking.resume_run(tracking_uri, checkpoint["mlflow_run_id"]):
+    with tracking.open_run(tracking_uri, run_id=checkpoint["mlflow_run_id"]):
         tracking.log_metrics(metrics)
         for path in (args.metrics, args.per_image, args.cases, args.histogram):
             mlflow.log_artifact(path)

@@ -36,18 +36,20 @@ def main() -> None:
     test = manifest[manifest["split"] == "test"].head(config.parity_images)
     images = [io.read_grayscale(path) for path in test["image_path"]]
     session = export.create_session(args.onnx)
-    result = export.parity(session, model, images, image_size, params.evaluate.threshold)
+    result = export.parity(
+        session, model, images, image_size, params.evaluate.threshold, params.evaluate.postprocess
+    )
     io.write_json(args.metrics, result)
     export.check_parity(result, config.max_logit_diff, config.min_mask_agreement)
 
     card = export.model_card(
-        image_size, in_channels, params.evaluate.threshold, trained, io.read_json(args.test_metrics),
+        image_size, in_channels, params.evaluate.threshold, params.evaluate.postprocess, trained, io.read_json(args.test_metrics),
         tracking.git_commit(Path.cwd()), trained["model"]["input_mean"], trained["model"]["input_std"],
     )
     io.write_json(export.card_path_for(args.onnx), card)
 
     tracking_uri = tracking.resolve_tracking_uri(os.environ, Path.cwd())
-    with tracking.resume_run(tracking_uri, checkpoint["mlflow_run_id"]):
+    with tracking.open_run(tracking_uri, run_id=checkpoint["mlflow_run_id"]):
         tracking.log_metrics(result)
         example = imaging.to_model_input(np.stack([imaging.resize_image(images[0], image_size)]))
         signature = infer_signature(example, export.onnx_runner(session)(example)[:, None])

@@ -20,6 +20,7 @@ def main() -> None:
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--pipeline", required=True)
     parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--state", required=True, help="where an interrupted run is resumed from")
     parser.add_argument("--history", required=True)
     parser.add_argument("--curves", required=True)
     parser.add_argument("--metrics", required=True)
@@ -36,7 +37,6 @@ def main() -> None:
 
     manifest = io.read_manifest(args.manifest)
     pipeline = augment.load_pipeline(args.pipeline)
-    pipeline.set_random_seed(params.seed)
     train_set = data.XrayDataset(*data.load_arrays(manifest[manifest["split"] == "train"], config.image_size), pipeline)
     val_set = data.XrayDataset(*data.load_arrays(manifest[manifest["split"] == "val"], config.image_size))
     train_loader = data.build_loader(train_set, config.batch_size, True, params.seed, config.num_workers)
@@ -50,43 +50,38 @@ def main() -> None:
     optimizer = engine.build_optimizer(model, config)
     scheduler = engine.build_scheduler(optimizer, config, len(train_loader))
 
+    fingerprint = engine.fingerprint(
+        params.model_dump(mode="json", include={"seed", "model", "train"}), [args.manifest, args.pipeline]
+    )
+    resume = engine.load_resumable_state(args.state, fingerprint)
     root = tracking.workspace_root(os.environ, Path.cwd())
     experiment_id = tracking.ensure_experiment(
         tracking_uri, tracking.experiment_name(os.environ), root / "mlartifacts"
     )
-    run_name = os.environ.get("DVC_EXP_NAME")
-    with tracking.start_training_run(tracking_uri, experiment_id, run_name, tracking.run_tags(os.environ, Path.cwd())) as run:
-        tracking.log_params(flatten(params.model_dump(mode="json")))
-        mlflow.log_artifact(args.params)
-
-        def on_epoch_end(row: dict, is_best: bool) -> None:
-            tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
-            if is_best:
-                engine.save_checkpoint(args.checkpoint, {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": row["epoch"],
-                    "config": params.model_dump(mode="json"),
-                    "in_channels": in_channels,
-                    "metrics": row,
-                    "mlflow_run_id": run.info.run_id,
-                })
-
+    with tracking.open_run(
+        tracking_uri, experiment_id, run_name=os.environ.get("DVC_EXP_NAME"),
+        tags=tracking.run_tags(os.environ, Path.cwd()), run_id=resume and resume["mlflow_run_id"],
+    ) as run:
+        if resume is None:
+            tracking.log_params(flatten(params.model_dump(mode="json")))
+            mlflow.log_artifact(args.params)
+        checkpoint_extra = {
+            "config": params.model_dump(mode="json"), "in_channels": in_channels,
+            "fingerprint": fingerprint, "mlflow_run_id": run.info.run_id,
+        }
         history = engine.fit(
-            model, train_loader, val_loader, loss_fn, optimizer, scheduler, device, config, on_epoch_end
+            model, train_loader, val_loader, loss_fn, optimizer, scheduler, device, config, params.seed,
+            args.checkpoint, args.state, checkpoint_extra,
+            on_epoch_end=lambda row: tracking.log_metrics(
+                {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"]
+            ),
+            resume=resume,
         )
         io.write_csv(args.history, pd.DataFrame(history))
         figures.training_curves(history, args.curves)
-        best = max(history, key=lambda row: row["val/dice"])
-        summary = {
-            **{k: v for k, v in best.items() if k not in ("lr", "seconds")},
-            "best_epoch": best["epoch"],
-            "epochs": len(history),
-            "train_seconds": sum(row["seconds"] for row in history),
-        }
-        del summary["epoch"]
+        summary = engine.summarize_history(history)
         io.write_json(args.metrics, summary)
-        tracking.log_metrics({"best/val_dice": best["val/dice"], "best/epoch": best["epoch"]})
+        tracking.log_metrics({"best/val_dice": summary["val/dice"], "best/epoch": summary["best_epoch"]})
         for path in (args.history, args.curves, args.metrics, args.checkpoint):
             mlflow.log_artifact(path)
 

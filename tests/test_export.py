@@ -20,7 +20,7 @@ def test_onnx_file_passes_the_checker_with_a_dynamic_batch(tiny_onnx):
 
 def test_onnx_runtime_matches_pytorch_on_real_images(tiny_onnx, tiny_model):
     session = export.create_session(tiny_onnx)
-    result = export.parity(session, tiny_model, real_images(2), TINY_SIZE, threshold=0.5)
+    result = export.parity(session, tiny_model, real_images(2), TINY_SIZE, threshold=0.5, postprocess=True)
     assert result["export/max_logit_diff"] < 1e-3
     assert result["export/mask_agreement"] > 0.9999
     export.check_parity(result, max_logit_diff=1e-3, min_mask_agreement=0.9999)
@@ -39,7 +39,7 @@ def test_model_card_has_every_field(tiny_onnx):
     assert set(card["input"]) >= {"name", "shape", "dtype", "value_range", "normalisation", "preprocessing", "resize"}
     assert card["input"]["name"] == export.INPUT_NAME and card["input"]["dtype"] == "float32"
     assert card["input"]["shape"][1:] == [1, TINY_SIZE, TINY_SIZE]
-    assert set(card["output"]) >= {"name", "meaning", "threshold", "postprocessing"}
+    assert set(card["output"]) >= {"name", "meaning", "threshold", "postprocess", "postprocessing"}
     assert 0 < card["output"]["threshold"] < 1
     assert set(card["input"]["normalisation"]) >= {"mean", "std"}
     assert len(card["code_version"]["git_commit"]) == 40

@@ -63,3 +63,15 @@ def test_missing_model_is_a_clear_error(tmp_path, inputs, capsys):
     code = main(["predict", str(inputs), "--model", str(tmp_path / "none.onnx"), "--output", str(tmp_path / "o")])
     assert code == 2
     assert "none.onnx" in capsys.readouterr().err
+
+
+def test_two_inputs_with_the_same_stem_do_not_overwrite_each_other(tiny_onnx, inputs, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "plain.png").write_bytes((inputs / "tall.png").read_bytes())
+    out = tmp_path / "out"
+    code = main(["predict", str(inputs / "plain.png"), str(other / "plain.png"), "--model", str(tiny_onnx),
+                 "--output", str(out), "--quiet"])
+    assert code == 1
+    assert Image.open(out / "plain.png").size == (512, 512)  # the first one's mask, kept
+    assert "would overwrite" in capsys.readouterr().err

@@ -11,10 +11,12 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lungseg.errors import UserError
+
 ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """params.yaml is unreadable or holds an unknown key or a bad value."""
 
 
@@ -107,6 +109,7 @@ class TrainConfig(_Strict):
 
 class EvaluateConfig(_Strict):
     threshold: float = Field(gt=0, lt=1)
+    postprocess: bool
     batch_size: int = Field(gt=0)
 
 

@@ -11,13 +11,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lungseg import imaging
+from lungseg.errors import UserError
 from lungseg.io import IMAGE_SUFFIXES, ImageReadError, read_grayscale, read_mask
 
 LABELS = {"0": "normal", "1": "tb"}
 SPLITS = ("train", "val", "test")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A problem with the source data; the message names the file or folder and the problem."""
 
 
@@ -177,14 +178,21 @@ class XrayDataset(Dataset):
         return image, mask
 
 
+def _seed_worker_transform(worker_id: int) -> None:
+    """Give each loader worker its own augmentation stream, derived from the loader's seeded generator."""
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None)
+    if transform is not None:
+        transform.set_random_seed(info.seed % 2**32)
+
+
 def build_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
         drop_last=False,
         num_workers=num_workers,
-        generator=generator,
-        persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=_seed_worker_transform if num_workers > 0 else None,
     )

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import random
 import tempfile
@@ -154,6 +156,36 @@ def load_checkpoint(path: str | Path) -> dict:
         raise ValueError(f"{path}: refused to load checkpoint (not a plain weights file, or corrupt): {err}") from None
 
 
+def seed_epoch(seed: int, epoch: int, loader: DataLoader) -> None:
+    """Seed batch order and augmentation draws from (seed, epoch) alone, so a resumed run makes the same draws."""
+    torch.manual_seed(seed + epoch)
+    loader.generator.manual_seed(seed + epoch)
+    transform = getattr(loader.dataset, "transform", None)
+    if transform is not None:
+        transform.set_random_seed(seed + epoch)
+
+
+def fingerprint(config: dict, files: list[str | Path]) -> str:
+    """What a training state belongs to: the params and the input files' contents."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for path in files:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def load_resumable_state(path: str | Path, expected_fingerprint: str) -> dict | None:
+    """The state of an interrupted run of the same params and inputs, or None to start afresh."""
+    if not Path(path).is_file():
+        return None
+    try:
+        state = load_checkpoint(path)
+    except ValueError:
+        return None  # unreadable state is never trusted; training starts over
+    if state.get("fingerprint") != expected_fingerprint or state.get("completed"):
+        return None
+    return state
+
+
 def fit(
     model: nn.Module,
     train_loader: DataLoader,
@@ -163,17 +195,31 @@ def fit(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     device: torch.device,
     config: TrainConfig,
-    on_epoch_end: Callable[[dict, bool], None],
+    seed: int,
+    checkpoint_path: str | Path,
+    state_path: str | Path,
+    checkpoint_extra: dict,
+    on_epoch_end: Callable[[dict], None],
+    resume: dict | None = None,
 ) -> list[dict]:
-    """Train for config.epochs; after each epoch call on_epoch_end(row, is_best) with the epoch's metrics.
+    """Train for config.epochs, or what is left of them when `resume` holds an interrupted run's state.
 
-    Rows use the shared metric names: epoch, train/loss, train/iou, train/dice, val/loss, val/iou, val/dice,
-    lr, seconds. The best epoch is the one with the highest val/dice (earliest on ties).
+    After each epoch: the best checkpoint by val/dice (earliest on ties) goes to checkpoint_path, the state to
+    continue from (weights, optimizer, schedule, history) to state_path, both written atomically, then
+    on_epoch_end(row) is called. Rows use the shared metric names: epoch, train/loss, train/iou, train/dice,
+    val/loss, val/iou, val/dice, lr, seconds.
     """
     history: list[dict] = []
     best_dice = -1.0
-    for epoch in range(1, config.epochs + 1):
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        history, best_dice = list(resume["history"]), resume["best_dice"]
+        tqdm.write(f"resuming after epoch {len(history)} of {config.epochs} (best val dice {best_dice:.4f})")
+    for epoch in range(len(history) + 1, config.epochs + 1):
         start = time.perf_counter()
+        seed_epoch(seed, epoch, train_loader)
         train = train_one_epoch(
             model, train_loader, loss_fn, optimizer, scheduler, device,
             config.mixed_precision, config.channels_last, description=f"epoch {epoch}/{config.epochs}",
@@ -186,13 +232,34 @@ def fit(
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - start,
         }
-        is_best = val["dice"] > best_dice
-        best_dice = max(best_dice, val["dice"])
         history.append(row)
+        is_best = val["dice"] > best_dice
+        if is_best:
+            best_dice = val["dice"]
+            save_checkpoint(checkpoint_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                "metrics": row, **checkpoint_extra,
+            })
+        save_checkpoint(state_path, {
+            "fingerprint": checkpoint_extra["fingerprint"], "completed": epoch == config.epochs,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "history": history, "best_dice": best_dice, "mlflow_run_id": checkpoint_extra.get("mlflow_run_id"),
+        })
         tqdm.write(
             f"epoch {epoch}/{config.epochs}  train loss {train['loss']:.4f} dice {train['dice']:.4f}  "
             f"val loss {val['loss']:.4f} dice {val['dice']:.4f} iou {val['iou']:.4f}  "
             f"{train['images_per_second']:.1f} img/s  {row['seconds']:.0f}s{'  *best' if is_best else ''}"
         )
-        on_epoch_end(row, is_best)
+        on_epoch_end(row)
     return history
+
+
+def summarize_history(history: list[dict]) -> dict:
+    """The best epoch's metrics (highest val/dice, earliest on ties) plus run totals, for metrics/train.json."""
+    best = max(history, key=lambda row: row["val/dice"])
+    return {
+        **{k: v for k, v in best.items() if k not in ("epoch", "lr", "seconds")},
+        "best_epoch": best["epoch"],
+        "epochs": len(history),
+        "train_seconds": sum(row["seconds"] for row in history),
+    }

@@ -18,27 +18,35 @@ def score_split(
     image_size: int,
     threshold: float,
     batch_size: int,
+    postprocess: bool,
 ) -> pd.DataFrame:
-    """Segment every row's image at full size and score it against its mask.
+    """Segment every row's image at full size and score it against its mask, with and without post-processing.
 
-    Returns one row per image: name, source, label, intersection, truth and predicted pixel counts, iou, dice.
+    One row per image: name, source, label, truth_pixels, and for each variant ('raw', 'post') the
+    intersection and predicted pixel counts, IoU and Dice; the unsuffixed columns hold the variant that
+    `postprocess` selects, the one the exported model applies.
     """
     rows = []
     records = list(manifest.itertuples())
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
         images = [read_grayscale(r.image_path) for r in chunk]
-        predictions = imaging.segment(images, run_model, image_size, threshold, batch_size)
-        for record, prediction in zip(chunk, predictions):
-            truth = read_mask(record.mask_path)
-            counts = confusion_counts(torch.from_numpy(prediction[None]), torch.from_numpy(truth[None]))[0].numpy()
-            iou, dice = iou_dice(counts)
-            rows.append({
-                "name": record.name, "source": record.source, "label": record.label,
-                "intersection": int(counts[0]), "truth_pixels": int(counts[1]), "predicted_pixels": int(counts[2]),
-                "iou": float(iou), "dice": float(dice),
-            })
-    return pd.DataFrame(rows)
+        predictions = imaging.segment(images, run_model, image_size, threshold, batch_size, postprocess=False)
+        for record, raw in zip(chunk, predictions):
+            truth = torch.from_numpy(read_mask(record.mask_path)[None])
+            row = {"name": record.name, "source": record.source, "label": record.label}
+            for variant, prediction in (("raw", raw), ("post", imaging.keep_lungs(raw))):
+                counts = confusion_counts(torch.from_numpy(prediction[None]), truth)[0].numpy()
+                iou, dice = iou_dice(counts)
+                row.update({"truth_pixels": int(counts[1]), f"intersection_{variant}": int(counts[0]),
+                            f"predicted_pixels_{variant}": int(counts[2]), f"iou_{variant}": float(iou),
+                            f"dice_{variant}": float(dice)})
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    chosen = "post" if postprocess else "raw"
+    for column in ("intersection", "predicted_pixels", "iou", "dice"):
+        table[column] = table[f"{column}_{chosen}"]
+    return table
 
 
 def _scores(per_image: pd.DataFrame, prefix: str) -> dict[str, float]:
@@ -52,10 +60,17 @@ def _scores(per_image: pd.DataFrame, prefix: str) -> dict[str, float]:
 
 
 def split_metrics(per_image: pd.DataFrame, split: str = "test") -> dict[str, float]:
-    """Dataset-level IoU/Dice (pixel counts summed) plus per-image mean, worst 5% and minimum, overall and per source."""
+    """Dataset-level IoU/Dice (pixel counts summed) plus per-image mean, worst 5% and minimum, overall and per
+    source, for the chosen variant; and the whole split's scores with post-processing off and on."""
     metrics = _scores(per_image, split)
     for source, part in per_image.groupby("source", sort=True):
         metrics.update(_scores(part, f"{split}/{source}"))
+    for variant, name in (("raw", "postprocess_off"), ("post", "postprocess_on")):
+        renamed = per_image[["name", "truth_pixels"]].assign(
+            intersection=per_image[f"intersection_{variant}"], predicted_pixels=per_image[f"predicted_pixels_{variant}"],
+            iou=per_image[f"iou_{variant}"], dice=per_image[f"dice_{variant}"])
+        scores = _scores(renamed, f"{split}/{name}")
+        metrics.update({k: v for k, v in scores.items() if k.rsplit("/", 1)[1] in ("dice", "iou", "dice_worst5pct")})
     return metrics
 
 
@@ -67,6 +82,6 @@ def pick_cases(per_image: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def segment_one(image: np.ndarray, run_model: Callable[[np.ndarray], np.ndarray], image_size: int,
-                threshold: float) -> np.ndarray:
-    """One gray image -> its bool mask at full size, exactly as score_split segments it."""
-    return imaging.segment([image], run_model, image_size, threshold, batch_size=1)[0]
+                threshold: float, postprocess: bool) -> np.ndarray:
+    """One gray image -> its bool mask at full size, as the exported model makes it."""
+    return imaging.segment([image], run_model, image_size, threshold, batch_size=1, postprocess=postprocess)[0]

@@ -9,11 +9,12 @@ import onnxruntime as ort
 import torch
 
 from lungseg import engine, imaging
+from lungseg.errors import UserError
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 
 
-class ExportParityError(RuntimeError):
+class ExportParityError(UserError, RuntimeError):
     """ONNX Runtime's output differs from PyTorch's beyond the stated tolerance."""
 
 
@@ -55,12 +56,12 @@ def onnx_runner(session: ort.InferenceSession):
 
 
 def parity(session: ort.InferenceSession, model: torch.nn.Module, images: list[np.ndarray], image_size: int,
-           threshold: float) -> dict[str, float]:
+           threshold: float, postprocess: bool) -> dict[str, float]:
     """Largest |logit| difference at model resolution, and the share of full-size mask pixels that agree."""
     inputs = imaging.to_model_input(np.stack([imaging.resize_image(image, image_size) for image in images]))
     onnx_logits, torch_logits = onnx_runner(session)(inputs), engine.torch_runner(model)(inputs)
-    onnx_masks = imaging.segment(images, onnx_runner(session), image_size, threshold, batch_size=8)
-    torch_masks = imaging.segment(images, engine.torch_runner(model), image_size, threshold, batch_size=8)
+    onnx_masks = imaging.segment(images, onnx_runner(session), image_size, threshold, 8, postprocess)
+    torch_masks = imaging.segment(images, engine.torch_runner(model), image_size, threshold, 8, postprocess)
     agree = sum(int((a == b).sum()) for a, b in zip(onnx_masks, torch_masks))
     total = sum(m.size for m in onnx_masks)
     return {
@@ -80,8 +81,8 @@ def check_parity(result: dict[str, float], max_logit_diff: float, min_mask_agree
 
 
 def model_card(
-    image_size: int, in_channels: int, threshold: float, params: dict, test_metrics: dict, git_commit: str,
-    input_mean: float, input_std: float,
+    image_size: int, in_channels: int, threshold: float, postprocess: bool, params: dict, test_metrics: dict,
+    git_commit: str, input_mean: float, input_std: float,
 ) -> dict:
     """Everything a consumer needs to run the ONNX file correctly, and where it came from."""
     return {
@@ -109,9 +110,11 @@ def model_card(
             "shape": ["batch", 1, image_size, image_size],
             "meaning": "lung logit per pixel; sigmoid gives the lung probability",
             "threshold": threshold,
+            "postprocess": postprocess,
             "postprocessing": (
                 f"sigmoid, resize probabilities back to the input's size with {imaging.UPSAMPLE} interpolation, "
                 f"then probability > threshold is lung"
+                + ("; keep the two largest connected regions and fill their holes" if postprocess else "")
             ),
             "resize": imaging.UPSAMPLE,
         },

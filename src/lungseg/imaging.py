@@ -8,6 +8,7 @@ from typing import Callable
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 # Named in the model card so every consumer resizes the same way.
 DOWNSAMPLE = "area"
@@ -48,24 +49,36 @@ def probabilities_to_mask(probabilities: np.ndarray, height: int, width: int, th
     return probabilities > threshold
 
 
+def keep_lungs(mask: np.ndarray, regions: int = 2) -> np.ndarray:
+    """Post-processing: keep the `regions` largest connected components (8-connected), then fill their holes."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count > regions:
+        sizes = np.bincount(labels.ravel())[1:]  # pixels per component, background dropped
+        keep = np.argsort(sizes)[::-1][:regions] + 1
+        mask = np.isin(labels, keep)
+    return ndimage.binary_fill_holes(mask)
+
+
 def segment(
     images: list[np.ndarray],
     run_model: Callable[[np.ndarray], np.ndarray],
     image_size: int,
     threshold: float,
     batch_size: int,
+    postprocess: bool,
 ) -> list[np.ndarray]:
     """Gray uint8 images of any size -> bool lung masks of the same sizes.
 
     run_model maps a (N, 1, S, S) float32 batch in 0..1 to (N, S, S) logits: a PyTorch model in evaluation,
     an ONNX Runtime session in deployment. Everything around it is this one function, used by both.
+    With postprocess, each mask keeps its two largest regions with their holes filled (keep_lungs).
     """
     masks = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
         inputs = to_model_input(np.stack([resize_image(image, image_size) for image in chunk]))
         probabilities = sigmoid(run_model(inputs))  # (N, S, S)
-        masks.extend(
-            probabilities_to_mask(p, image.shape[0], image.shape[1], threshold) for p, image in zip(probabilities, chunk)
-        )
+        for p, image in zip(probabilities, chunk):
+            mask = probabilities_to_mask(p, image.shape[0], image.shape[1], threshold)
+            masks.append(keep_lungs(mask) if postprocess else mask)
     return masks

@@ -10,11 +10,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from lungseg.errors import UserError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MANIFEST_COLUMNS = ["name", "source", "label", "split", "lung_fraction", "height", "width", "image_path", "mask_path"]
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError, ValueError):
     """A file that cannot be used as an image or mask; the message names the file and the problem."""
 
 

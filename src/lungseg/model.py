@@ -15,6 +15,7 @@ import torchvision
 from torch import nn
 
 from lungseg.config import ModelConfig
+from lungseg.errors import UserError
 
 # Output channels of the encoder's five feature maps (strides 2, 4, 8, 16, 32).
 ENCODER_CHANNELS = {
@@ -31,7 +32,7 @@ _WEIGHTS = {
 }
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(UserError, FileNotFoundError):
     """Pretrained encoder weights were asked for but are not on disk; nothing is ever downloaded."""
 
 

@@ -46,10 +46,13 @@ class Segmenter:
         self.session = create_session(model_path, threads=threads)
         self.image_size = int(self.card["input"]["shape"][2])
         self.threshold = float(self.card["output"]["threshold"])
+        self.postprocess = bool(self.card["output"]["postprocess"])
         self._run = onnx_runner(self.session)
 
     def segment(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        return imaging.segment(images, self._run, self.image_size, self.threshold, batch_size=len(images) or 1)
+        return imaging.segment(
+            images, self._run, self.image_size, self.threshold, len(images) or 1, self.postprocess
+        )
 
 
 def collect_inputs(inputs: list[str | Path]) -> tuple[list[Path], list[str]]:
@@ -72,14 +75,19 @@ def predict_files(segmenter: Segmenter, files: list[Path], output_dir: str | Pat
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = PredictionSummary()
     start = time.perf_counter()
+    sources: dict[Path, Path] = {}
     for path in tqdm(files, desc="predict", unit="img", disable=not show_progress):
+        target = output_dir / f"{path.stem}.png"
+        if target in sources:
+            summary.failed.append(f"{path}: skipped, its mask {target} would overwrite the mask of {sources[target]}")
+            continue
+        sources[target] = path
         try:
             image = read_grayscale(path)
         except ImageReadError as err:
             summary.failed.append(str(err))
             continue
         mask = segmenter.segment([image])[0]
-        target = output_dir / f"{path.stem}.png"
         write_png(target, mask.astype(np.uint8) * 255)
         summary.written.append(target)
     summary.seconds = time.perf_counter() - start

@@ -16,10 +16,12 @@ from urllib.parse import urlparse
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from lungseg.errors import UserError
+
 DEFAULT_EXPERIMENT = "lungseg"
 
 
-class TrackingUnavailableError(RuntimeError):
+class TrackingUnavailableError(UserError, RuntimeError):
     """The MLflow tracking server cannot be reached."""
 
 
@@ -75,21 +77,19 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_root: Path) -> str:
 
 
 @contextlib.contextmanager
-def start_training_run(
-    tracking_uri: str, experiment_id: str, run_name: str | None, tags: dict[str, str]
+def open_run(
+    tracking_uri: str, experiment_id: str | None = None, run_name: str | None = None,
+    tags: dict[str, str] | None = None, run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """A new MLflow run; marked FAILED if the body raises."""
+    """A new run, or with run_id the existing one (a resumed training run, or evaluate/export adding to the
+    run that made the model). Marked FAILED if the body raises."""
     mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
-        yield run
-
-
-@contextlib.contextmanager
-def resume_run(tracking_uri: str, run_id: str) -> Iterator[mlflow.ActiveRun]:
-    """Reopen the training run, so evaluation and export results sit with the run that made the model."""
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id) as run:
-        yield run
+    if run_id is not None:
+        with mlflow.start_run(run_id=run_id) as run:
+            yield run
+    else:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+            yield run
 
 
 def run_tags(environ: Mapping[str, str], cwd: Path) -> dict[str, str]:
