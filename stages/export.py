@@ -42,9 +42,11 @@ def main() -> None:
     io.write_json(args.metrics, result)
     export.check_parity(result, config.max_logit_diff, config.min_mask_agreement)
 
+    train_fractions = manifest.loc[manifest["split"] == "train", "lung_fraction"]
     card = export.model_card(
-        image_size, in_channels, params.evaluate.threshold, params.evaluate.postprocess, trained, io.read_json(args.test_metrics),
-        tracking.git_commit(Path.cwd()), trained["model"]["input_mean"], trained["model"]["input_std"],
+        image_size, in_channels, params.evaluate.threshold, params.evaluate.postprocess, trained,
+        io.read_json(args.test_metrics), tracking.git_commit(Path.cwd()), trained["model"]["input_mean"],
+        trained["model"]["input_std"], (float(train_fractions.min()), float(train_fractions.max())),
     )
     io.write_json(export.card_path_for(args.onnx), card)
 

@@ -114,6 +114,6 @@ def tiny_onnx(tmp_path_factory, tiny_model):
     path = tmp_path_factory.mktemp("model") / "model.onnx"
     export.export_onnx(tiny_model, path, TINY_SIZE, in_channels=1, opset=18)
     card = export.model_card(TINY_SIZE, 1, 0.5, True, {"train": {"image_size": TINY_SIZE}}, {"test/dice": 0.0},
-                             "0" * 40, 0.5, 0.25)
+                             "0" * 40, 0.5, 0.25, (0.08, 0.44))
     io.write_json(export.card_path_for(path), card)
     return path

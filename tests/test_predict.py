@@ -1,6 +1,7 @@
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -24,7 +25,7 @@ def inputs(tmp_path, real_xray):
 
 
 def sizes(folder):
-    return {p.stem: Image.open(p).size for p in folder.iterdir()}
+    return {p.stem: Image.open(p).size for p in folder.iterdir() if p.suffix != ".csv"}
 
 
 def test_one_binary_mask_per_input_with_the_input_size(tiny_onnx, inputs, tmp_path, capsys):
@@ -32,7 +33,7 @@ def test_one_binary_mask_per_input_with_the_input_size(tiny_onnx, inputs, tmp_pa
     assert main(["predict", str(inputs), "--model", str(tiny_onnx), "--output", str(out), "--quiet"]) == 0
     expected = sizes(inputs)
     assert sizes(out) == expected
-    for path in out.iterdir():
+    for path in out.glob("*.png"):
         mask = np.asarray(Image.open(path))
         assert Image.open(path).mode == "L"
         assert set(np.unique(mask)) <= {0, 255}
@@ -53,7 +54,9 @@ def test_a_corrupt_file_is_reported_and_the_others_still_written(tiny_onnx, inpu
     out = tmp_path / "out"
     code = main(["predict", str(inputs), "--model", str(tiny_onnx), "--output", str(out), "--quiet"])
     assert code == 1
-    assert len(list(out.iterdir())) == 7
+    assert len(list(out.glob("*.png"))) == 7
+    report = pd.read_csv(out / "report.csv")
+    assert len(report) == 9 and report["status"].str.startswith("error").sum() == 2
     captured = capsys.readouterr()
     assert "broken.png" in captured.err and "notes.jpg" in captured.err
     assert "7 masks written, 2 failed" in captured.out
@@ -75,3 +78,39 @@ def test_two_inputs_with_the_same_stem_do_not_overwrite_each_other(tiny_onnx, in
     assert code == 1
     assert Image.open(out / "plain.png").size == (512, 512)  # the first one's mask, kept
     assert "would overwrite" in capsys.readouterr().err
+
+
+def test_overlay_probabilities_and_report(tiny_onnx, inputs, tmp_path):
+    out = tmp_path / "out"
+    code = main(["predict", str(inputs / "tall.png"), "--model", str(tiny_onnx), "--output", str(out),
+                 "--overlay", "--probabilities", "--quiet"])
+    assert code == 0
+    overlay = Image.open(out / "tall_overlay.png")
+    assert overlay.mode == "RGB" and overlay.size == (300, 420)
+    probability = Image.open(out / "tall_probability.png")
+    assert probability.size == (300, 420) and probability.mode.startswith("I")
+    mask = np.asarray(Image.open(out / "tall.png")) > 0
+    assert np.array_equal(np.asarray(probability) / 65535 > 0.5, mask)
+    report = pd.read_csv(out / "report.csv")
+    assert list(report["file"]) == [str(inputs / "tall.png")]
+    row = report.iloc[0]
+    assert (row["width"], row["height"]) == (300, 420)
+    assert row["lung_fraction"] == pytest.approx(mask.mean(), abs=1e-4)
+    assert row["status"] in ("ok", "review")
+
+
+def test_cuda_device_without_the_cuda_provider_fails_clearly(tiny_onnx, inputs, tmp_path, capsys, monkeypatch):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    code = main(["predict", str(inputs), "--model", str(tiny_onnx), "--output", str(tmp_path / "o"),
+                 "--device", "cuda"])
+    assert code == 2
+    assert "no CUDA provider" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_auto_device_names_the_provider_that_ran(tiny_onnx, inputs, tmp_path, capsys):
+    main(["predict", str(inputs / "plain.png"), "--model", str(tiny_onnx), "--output", str(tmp_path / "o"),
+          "--quiet"])
+    assert "on CPUExecutionProvider" in capsys.readouterr().out

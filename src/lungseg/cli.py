@@ -1,4 +1,4 @@
-"""The `lungseg` command: `lungseg predict` runs the exported model; `lungseg ui` opens the MLflow UI."""
+"""The `lungseg` command: `predict` and `serve` run the exported model; `ui` opens the MLflow UI."""
 from __future__ import annotations
 
 import argparse
@@ -11,20 +11,34 @@ DEFAULT_MODEL = Path("models/model.onnx")
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from lungseg.errors import UserError
     from lungseg.predict import Segmenter, collect_inputs, predict_files
 
     try:
-        segmenter = Segmenter(args.model, threads=args.threads)
-    except FileNotFoundError as err:
+        segmenter = Segmenter(args.model, device=args.device, threads=args.threads)
+    except (FileNotFoundError, UserError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     files, missing = collect_inputs(args.inputs)
-    summary = predict_files(segmenter, files, args.output, show_progress=not args.quiet)
+    summary = predict_files(segmenter, files, args.output, overlay=args.overlay, probabilities=args.probabilities,
+                            show_progress=not args.quiet)
     summary.failed[:0] = missing
     for problem in summary.failed:
         print(f"error: {problem}", file=sys.stderr)
     print(summary.line())
     return 1 if summary.failed or not summary.written else 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from lungseg.errors import UserError
+    from lungseg.serve import serve
+
+    try:
+        serve(args.model, args.host, args.port, args.device, args.threads, args.max_bytes)
+    except (FileNotFoundError, UserError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _ui(args: argparse.Namespace) -> int:
@@ -45,9 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", help="image files (PNG/JPEG, 8/16-bit, gray or RGB) or folders")
     predict.add_argument("--model", default=str(DEFAULT_MODEL), help="ONNX model; its .card.json must sit beside it")
     predict.add_argument("--output", required=True, help="folder for the masks: <input stem>.png, 0 or 255")
+    predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                         help="auto: CUDA when onnxruntime-gpu can use it, else CPU; cuda: fail rather than fall back")
     predict.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
+    predict.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png: the lung outline")
+    predict.add_argument("--probabilities", action="store_true",
+                         help="also write <stem>_probability.png: 16-bit, value / 65535 = lung probability")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(handler=_predict)
+
+    serve = commands.add_parser("serve", help="serve the ONNX model over HTTP (POST /segment, GET /health)")
+    serve.add_argument("--model", default=str(DEFAULT_MODEL))
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    serve.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
+    serve.add_argument("--max-bytes", type=int, default=32 * 1024 * 1024, help="largest accepted request body")
+    serve.set_defaults(handler=_serve)
 
     ui = commands.add_parser("ui", help="open the MLflow UI on this repository's runs (or MLFLOW_TRACKING_URI)")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")

@@ -82,7 +82,7 @@ def check_parity(result: dict[str, float], max_logit_diff: float, min_mask_agree
 
 def model_card(
     image_size: int, in_channels: int, threshold: float, postprocess: bool, params: dict, test_metrics: dict,
-    git_commit: str, input_mean: float, input_std: float,
+    git_commit: str, input_mean: float, input_std: float, lung_fraction_range: tuple[float, float],
 ) -> dict:
     """Everything a consumer needs to run the ONNX file correctly, and where it came from."""
     return {
@@ -118,6 +118,7 @@ def model_card(
             ),
             "resize": imaging.UPSAMPLE,
         },
+        "training_data": {"lung_fraction_range": list(lung_fraction_range)},
         "training_params": params,
         "test_metrics": test_metrics,
         "code_version": {"git_commit": git_commit},

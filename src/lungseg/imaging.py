@@ -39,14 +39,11 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-logits.astype(np.float32)))).astype(np.float32)
 
 
-def probabilities_to_mask(probabilities: np.ndarray, height: int, width: int, threshold: float) -> np.ndarray:
-    """(S, S) float probabilities -> (height, width) bool mask: bilinear resize back, then threshold.
-
-    Resizing probabilities (not a thresholded mask) keeps smooth boundaries at the full resolution.
-    """
-    if probabilities.shape != (height, width):
-        probabilities = cv2.resize(probabilities, (width, height), interpolation=cv2.INTER_LINEAR)
-    return probabilities > threshold
+def upsample(probabilities: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(S, S) probabilities -> (height, width), bilinear: smooth boundaries at the full resolution."""
+    if probabilities.shape == (height, width):
+        return probabilities
+    return cv2.resize(probabilities, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def keep_lungs(mask: np.ndarray, regions: int = 2) -> np.ndarray:
@@ -59,6 +56,28 @@ def keep_lungs(mask: np.ndarray, regions: int = 2) -> np.ndarray:
     return ndimage.binary_fill_holes(mask)
 
 
+def predict_probabilities(
+    images: list[np.ndarray], run_model: Callable[[np.ndarray], np.ndarray], image_size: int, batch_size: int
+) -> list[np.ndarray]:
+    """Gray uint8 images of any size -> (S, S) float32 lung probabilities at the model's size.
+
+    run_model maps a (N, 1, S, S) float32 batch in 0..1 to (N, S, S) logits: a PyTorch model in evaluation,
+    an ONNX Runtime session in deployment.
+    """
+    probabilities = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        inputs = to_model_input(np.stack([resize_image(image, image_size) for image in chunk]))
+        probabilities.extend(sigmoid(run_model(inputs)))  # (N, S, S)
+    return probabilities
+
+
+def to_mask(probabilities: np.ndarray, threshold: float, postprocess: bool) -> np.ndarray:
+    """Full-size probabilities -> bool mask; with postprocess the two largest regions, holes filled."""
+    mask = probabilities > threshold
+    return keep_lungs(mask) if postprocess else mask
+
+
 def segment(
     images: list[np.ndarray],
     run_model: Callable[[np.ndarray], np.ndarray],
@@ -67,18 +86,10 @@ def segment(
     batch_size: int,
     postprocess: bool,
 ) -> list[np.ndarray]:
-    """Gray uint8 images of any size -> bool lung masks of the same sizes.
-
-    run_model maps a (N, 1, S, S) float32 batch in 0..1 to (N, S, S) logits: a PyTorch model in evaluation,
-    an ONNX Runtime session in deployment. Everything around it is this one function, used by both.
-    With postprocess, each mask keeps its two largest regions with their holes filled (keep_lungs).
-    """
-    masks = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        inputs = to_model_input(np.stack([resize_image(image, image_size) for image in chunk]))
-        probabilities = sigmoid(run_model(inputs))  # (N, S, S)
-        for p, image in zip(probabilities, chunk):
-            mask = probabilities_to_mask(p, image.shape[0], image.shape[1], threshold)
-            masks.append(keep_lungs(mask) if postprocess else mask)
-    return masks
+    """Gray uint8 images of any size -> bool lung masks of the same sizes: the one inference path that
+    evaluation, export checks and deployment share."""
+    probabilities = predict_probabilities(images, run_model, image_size, batch_size)
+    return [
+        to_mask(upsample(p, image.shape[0], image.shape[1]), threshold, postprocess)
+        for p, image in zip(probabilities, images)
+    ]

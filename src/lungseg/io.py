@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from io import BytesIO
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -20,19 +22,19 @@ class ImageReadError(UserError, ValueError):
     """A file that cannot be used as an image or mask; the message names the file and the problem."""
 
 
-def _open(path: Path) -> Image.Image:
+def _open(source: Path | BinaryIO, name: Path | str) -> Image.Image:
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             image.load()  # decode now, so a truncated file fails here and not later
             return image
     except FileNotFoundError:
-        raise ImageReadError(f"{path}: file not found") from None
+        raise ImageReadError(f"{name}: file not found") from None
     except UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not an image file (unrecognised format)") from None
+        raise ImageReadError(f"{name}: not an image file (unrecognised format)") from None
     except Image.DecompressionBombError as err:
-        raise ImageReadError(f"{path}: refused, too many pixels ({err})") from None
+        raise ImageReadError(f"{name}: refused, too many pixels ({err})") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise ImageReadError(f"{path}: unreadable or truncated image ({err})") from None
+        raise ImageReadError(f"{name}: unreadable or truncated image ({err})") from None
 
 
 def to_grayscale_uint8(image: Image.Image, path: Path | str = "image") -> np.ndarray:
@@ -61,7 +63,12 @@ def to_grayscale_uint8(image: Image.Image, path: Path | str = "image") -> np.nda
 def read_grayscale(path: str | Path) -> np.ndarray:
     """Read a PNG/JPEG image as 8-bit grayscale (H, W) uint8."""
     path = Path(path)
-    return to_grayscale_uint8(_open(path), path)
+    return to_grayscale_uint8(_open(path, path), path)
+
+
+def decode_grayscale(data: bytes, name: str) -> np.ndarray:
+    """Decode PNG/JPEG bytes (e.g. an HTTP request body) as 8-bit grayscale (H, W) uint8."""
+    return to_grayscale_uint8(_open(BytesIO(data), name), name)
 
 
 def read_mask(path: str | Path) -> np.ndarray:

@@ -1,0 +1,47 @@
+"""Quality flags for a predicted mask, so a person knows which results to check.
+
+A mask is flagged when it is implausible for a PA chest X-ray, or when the model was unsure:
+- lung fraction outside the range seen in the training masks (from the model card), widened by a margin;
+- not exactly two lung regions (regions smaller than 0.5% of the image are not counted);
+- mean lung probability inside the mask below MIN_CONFIDENCE;
+- a wide uncertain band: pixels with probability between 0.25 and 0.75 exceeding MAX_UNCERTAIN_SHARE of
+  the predicted lung area.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+FRACTION_MARGIN = 0.03
+MIN_REGION_SHARE = 0.005
+MIN_CONFIDENCE = 0.9
+MAX_UNCERTAIN_SHARE = 0.15
+
+
+def describe(mask: np.ndarray, probabilities: np.ndarray, lung_fraction_range: tuple[float, float]) -> dict:
+    """(H, W) bool mask and (H, W) probabilities -> the QA fields of report.csv."""
+    lung_fraction = float(mask.mean())
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel())[1:] if count else np.zeros(0)
+    regions = int((sizes >= MIN_REGION_SHARE * mask.size).sum())
+    lung_pixels = int(mask.sum())
+    confidence = float(probabilities[mask].mean()) if lung_pixels else 0.0
+    uncertain = float(((probabilities > 0.25) & (probabilities < 0.75)).sum() / max(lung_pixels, 1))
+    low, high = lung_fraction_range
+    flags = []
+    if not low - FRACTION_MARGIN <= lung_fraction <= high + FRACTION_MARGIN:
+        flags.append(f"lung_fraction_outside_{low:.2f}-{high:.2f}")
+    if regions != 2:
+        flags.append(f"regions={regions}")
+    if confidence < MIN_CONFIDENCE:
+        flags.append("low_confidence")
+    if uncertain > MAX_UNCERTAIN_SHARE:
+        flags.append("uncertain_boundary")
+    return {
+        "lung_fraction": round(lung_fraction, 4),
+        "regions": regions,
+        "mean_confidence": round(confidence, 4),
+        "uncertain_share": round(uncertain, 4),
+        "qa_flags": ";".join(flags),
+        "needs_review": bool(flags),
+    }

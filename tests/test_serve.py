@@ -1,0 +1,118 @@
+"""The real HTTP service on a loopback port: good requests, bad requests, and a concurrent burst."""
+import io
+import json
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import BIN
+from test_dicom import make_dicom
+
+MAX_BYTES = 2_000_000
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(tiny_onnx):
+    port = free_port()
+    process = subprocess.Popen(
+        [str(BIN / "lungseg"), "serve", "--model", str(tiny_onnx), "--port", str(port), "--threads", "1",
+         "--max-bytes", str(MAX_BYTES)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, "service did not start"
+            time.sleep(0.2)
+    yield url
+    process.terminate()
+    process.wait(timeout=20)
+
+
+def post(url: str, body: bytes, query: str = "") -> tuple[int, dict, bytes]:
+    request = urllib.request.Request(f"{url}/segment{query}", data=body, method="POST",
+                                     headers={"Content-Type": "application/octet-stream"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_health_reports_the_model(service):
+    health = json.loads(urllib.request.urlopen(f"{service}/health").read())
+    assert health["status"] == "ok" and health["provider"] == "CPUExecutionProvider"
+    assert "git_commit" in health["model"]["code_version"]
+
+
+def test_png_in_mask_out_with_the_input_size(service, real_xray):
+    image = np.asarray(Image.fromarray(real_xray[0]).resize((333, 401)))
+    status, headers, body = post(service, png_bytes(image))
+    assert status == 200 and headers["content-type"] == "image/png"
+    mask = np.asarray(Image.open(io.BytesIO(body)))
+    assert mask.shape == (401, 333) and set(np.unique(mask)) <= {0, 255}
+    assert "x-lungseg-lung-fraction" in {k.lower() for k in headers}
+
+
+def test_dicom_and_json_answer(service, real_xray, tmp_path):
+    path = make_dicom(tmp_path / "x.dcm", real_xray[0].astype(np.uint16) * 16, 12, window=(2047.5, 4096))
+    status, _, body = post(service, path.read_bytes(), "?format=json")
+    assert status == 200
+    fields = json.loads(body)
+    assert (fields["width"], fields["height"]) == (512, 512)
+    assert {"lung_fraction", "regions", "mean_confidence", "qa_flags", "needs_review"} <= set(fields)
+
+
+@pytest.mark.parametrize("body, code, message", [
+    (b"", 400, "empty body"),
+    (b"hello, not an image", 415, "not an image"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, 415, "request body"),
+])
+def test_bad_requests_get_a_clear_4xx(service, body, code, message):
+    status, _, answer = post(service, body)
+    assert status == code
+    assert message in json.loads(answer)["detail"]
+
+
+def test_too_large_and_decompression_bomb(service):
+    status, _, answer = post(service, b"\x00" * (MAX_BYTES + 1))
+    assert status == 413 and "over the limit" in json.loads(answer)["detail"]
+    bomb = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(bomb, format="PNG")  # a few KB that decode to 144 megapixels
+    assert len(bomb.getvalue()) < MAX_BYTES
+    status, _, answer = post(service, bomb.getvalue())
+    assert status == 413 and "too many pixels" in json.loads(answer)["detail"]
+
+
+def test_a_burst_of_concurrent_requests_all_succeed_and_the_service_stays_up(service, real_xray):
+    body = png_bytes(real_xray[0])
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        results = list(pool.map(lambda _: post(service, body), range(24)))
+    assert [status for status, _, _ in results] == [200] * 24
+    masks = {answer for _, _, answer in results}
+    assert len(masks) == 1  # the same image always gives the same mask
+    assert urllib.request.urlopen(f"{service}/health").status == 200
