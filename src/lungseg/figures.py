@@ -84,6 +84,6 @@ def cases_figure(cases: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], pa
         ax.imshow(cv2.resize(picture, (size, size), interpolation=cv2.INTER_AREA))
         ax.set_title(title, fontsize=9)
         ax.axis("off")
-    fig.suptitle("green: truth   magenta: prediction", fontsize=9)
-    fig.tight_layout()
+    fig.text(0.5, 0.01, "green: truth   magenta: prediction   (both: grey-violet)", ha="center", fontsize=9)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     _save(fig, path)

@@ -8,7 +8,6 @@ from typing import Callable
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 # Named in the model card so every consumer resizes the same way.
 DOWNSAMPLE = "area"
@@ -46,14 +45,27 @@ def upsample(probabilities: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(probabilities, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def keep_lungs(mask: np.ndarray, regions: int = 2) -> np.ndarray:
-    """Post-processing: keep the `regions` largest connected components (8-connected), then fill their holes."""
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    if count > regions:
-        sizes = np.bincount(labels.ravel())[1:]  # pixels per component, background dropped
-        keep = np.argsort(sizes)[::-1][:regions] + 1
-        mask = np.isin(labels, keep)
-    return ndimage.binary_fill_holes(mask)
+def regions(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """8-connected regions of a bool mask: (labels (H, W) int32 with 0 = background, areas of regions 1..N)."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    return labels, stats[1:, cv2.CC_STAT_AREA]
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Background pixels not 4-connected to the image border become foreground."""
+    canvas = np.pad(mask, 1).astype(np.uint8)  # a background frame joins every outside region
+    cv2.floodFill(canvas, None, (0, 0), 2)
+    return canvas[1:-1, 1:-1] != 2
+
+
+def keep_lungs(mask: np.ndarray, count: int = 2) -> np.ndarray:
+    """Post-processing: keep the `count` largest 8-connected regions, then fill their holes."""
+    labels, areas = regions(mask)
+    if len(areas) > count:
+        keep = np.zeros(len(areas) + 1, dtype=bool)
+        keep[np.argsort(areas)[::-1][:count] + 1] = True
+        mask = keep[labels]
+    return fill_holes(mask)
 
 
 def predict_probabilities(

@@ -10,7 +10,8 @@ A mask is flagged when it is implausible for a PA chest X-ray, or when the model
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
+
+from lungseg import imaging
 
 FRACTION_MARGIN = 0.03
 MIN_REGION_SHARE = 0.005
@@ -21,9 +22,8 @@ MAX_UNCERTAIN_SHARE = 0.15
 def describe(mask: np.ndarray, probabilities: np.ndarray, lung_fraction_range: tuple[float, float]) -> dict:
     """(H, W) bool mask and (H, W) probabilities -> the QA fields of report.csv."""
     lung_fraction = float(mask.mean())
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    sizes = np.bincount(labels.ravel())[1:] if count else np.zeros(0)
-    regions = int((sizes >= MIN_REGION_SHARE * mask.size).sum())
+    _, areas = imaging.regions(mask)
+    regions = int((areas >= MIN_REGION_SHARE * mask.size).sum())
     lung_pixels = int(mask.sum())
     confidence = float(probabilities[mask].mean()) if lung_pixels else 0.0
     uncertain = float(((probabilities > 0.25) & (probabilities < 0.75)).sum() / max(lung_pixels, 1))

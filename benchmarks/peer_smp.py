@@ -1,0 +1,136 @@
+"""lungseg side by side with segmentation_models.pytorch's Unet: same encoder (no pretrained weights), same
+data, image size, batch, optimizer, schedule, loss and number of steps, in one run.
+
+Prints training images/s of each and their ratio; CPU inference images/s on 2 threads for lungseg's ONNX
+Runtime path and the peer's PyTorch eager path and their ratio; test Dice of each at 512x512 after the same
+training budget; and lungseg's achieved inference GFLOP/s against this CPU's peak (cores x AVX2 FMA).
+
+    .venv/bin/pip install segmentation-models-pytorch   # benchmark-only dependency
+    .venv/bin/python benchmarks/peer_smp.py --steps 300
+"""
+import argparse
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from lungseg import data, engine, evaluation, export, imaging
+from lungseg.augment import build_augmentations
+from lungseg.config import load_params
+from lungseg.losses import build_loss
+from lungseg.model import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def train_steps(model, loader, params, steps: int) -> float:
+    """Train for `steps` batches (cycling the loader); returns images per second."""
+    config = params.train.model_copy(update={"epochs": max(1, -(-steps // len(loader)))})
+    optimizer = engine.build_optimizer(model, config)
+    scheduler = engine.build_scheduler(optimizer, config, len(loader))
+    loss_fn, seen, done = build_loss(config), 0, 0
+    model.train()
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    start = time.perf_counter()
+    epoch = 0
+    while done < steps:
+        epoch += 1
+        engine.seed_epoch(params.seed, epoch, loader)
+        for images, masks in loader:
+            if config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            loss = loss_fn(model(images), masks)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            seen += len(images)
+            done += 1
+            if done == steps:
+                break
+    return seen / (time.perf_counter() - start)
+
+
+def inference_rate(run_model, size: int, count: int) -> float:
+    batch = np.random.default_rng(0).random((1, 1, size, size), dtype=np.float32)
+    run_model(batch)
+    start = time.perf_counter()
+    for _ in range(count):
+        run_model(batch)
+    return count / (time.perf_counter() - start)
+
+
+def cpu_peak_gflops(cores: int) -> tuple[float, float]:
+    """cores x GHz x 32 fp32 FLOP/cycle (2 AVX2 FMA units x 8 lanes x 2)."""
+    mhz = max(float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", Path("/proc/cpuinfo").read_text()))
+    return cores * mhz / 1000 * 32, mhz / 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=300, help="training batches for each model")
+    parser.add_argument("--inference-images", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    params = load_params(REPO / "params.yaml")
+    size, batch, encoder = params.train.image_size, params.train.batch_size, params.model.encoder
+    torch.set_num_threads(args.threads)
+    sources = [REPO / s for s in params.prepare.sources]
+    manifest, _ = data.collect_records(sources, skip_bad=False)
+    manifest["split"] = data.assign_splits(manifest, params.prepare.split.model_dump(), params.seed)
+    train = data.XrayDataset(*data.load_arrays(manifest[manifest["split"] == "train"], size),
+                             build_augmentations(params.augment))
+    test = manifest[manifest["split"] == "test"]
+    print(f"encoder {encoder} (no pretrained weights), {size}x{size}, batch {batch}, {args.steps} steps each, "
+          f"{len(train)} training images, {len(test)} test images, {args.threads} threads")
+
+    torch.manual_seed(params.seed)
+    ours = build_model(params.model, in_channels=1)
+    torch.manual_seed(params.seed)
+    peer = smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=1, classes=1)
+    results = {}
+    for name, model in (("lungseg", ours), ("smp.Unet", peer)):
+        loader = data.build_loader(train, batch, True, params.seed, 0)
+        results[name] = {"train_ips": train_steps(model, loader, params, args.steps)}
+        model.eval()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        export.export_onnx(ours, onnx_path, size, 1, params.export.opset)
+        ours_run = export.onnx_runner(export.create_session(onnx_path, threads=args.threads))
+        peer_run = engine.torch_runner(peer)
+        results["lungseg"]["infer_ips"] = inference_rate(ours_run, size, args.inference_images)
+        results["smp.Unet"]["infer_ips"] = inference_rate(peer_run, size, args.inference_images)
+        for name, run_model in (("lungseg", ours_run), ("smp.Unet", peer_run)):
+            per_image = evaluation.score_split(test, run_model, size, params.evaluate.threshold, 16,
+                                               params.evaluate.postprocess)
+            results[name]["dice"] = evaluation.split_metrics(per_image)["test/dice"]
+
+    with FlopCounterMode(display=False) as counter:
+        ours(torch.rand(1, 1, size, size))
+    flops = counter.get_total_flops()
+    peak, ghz = cpu_peak_gflops(args.threads)
+    achieved = flops * results["lungseg"]["infer_ips"] / 1e9
+
+    print(f"\n{'':10s} {'train img/s':>12s} {'infer img/s':>12s} {'test Dice':>10s}")
+    for name, r in results.items():
+        print(f"{name:10s} {r['train_ips']:12.1f} {r['infer_ips']:12.1f} {r['dice']:10.4f}")
+    ours_r, peer_r = results["lungseg"], results["smp.Unet"]
+    print(f"\nlungseg / peer: training {ours_r['train_ips'] / peer_r['train_ips']:.2f}x, "
+          f"CPU inference {ours_r['infer_ips'] / peer_r['infer_ips']:.2f}x, "
+          f"Dice {ours_r['dice'] - peer_r['dice']:+.4f}")
+    print(f"lungseg inference: {flops / 1e9:.2f} GFLOP per image, {achieved:.1f} GFLOP/s achieved of "
+          f"{peak:.0f} GFLOP/s peak ({args.threads} cores x {ghz:.2f} GHz x 32 FLOP/cycle) = "
+          f"{100 * achieved / peak:.0f}%")
+
+
+if __name__ == "__main__":
+    main()
