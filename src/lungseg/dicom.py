@@ -25,7 +25,8 @@ def looks_like_dicom(header: bytes) -> bool:
     return len(header) >= 132 and header[128:132] == b"DICM"
 
 
-def is_dicom_file(path: Path) -> bool:
+def is_dicom_file(path: str | Path) -> bool:
+    path = Path(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
     try:

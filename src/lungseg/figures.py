@@ -58,7 +58,7 @@ def training_curves(history: list[dict], path: str) -> None:
     for ax, metric in zip(axes, ("loss", "iou", "dice")):
         for split in ("train", "val"):
             ax.plot(epochs, [row[f"{split}/{metric}"] for row in history], marker="o", label=split)
-        ax.set_title(metric if metric == "loss" else metric.upper() if metric == "iou" else "Dice")
+        ax.set_title({"loss": "Loss", "iou": "IoU", "dice": "Dice"}[metric])
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -78,7 +78,7 @@ def dice_histogram(per_image_dice: np.ndarray, path: str) -> None:
 
 def cases_figure(cases: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: str, size: int = 320) -> None:
     """One panel per (title, image, truth, prediction): truth in green, prediction in magenta, overlap grey-ish."""
-    fig, axes = plt.subplots(1, len(cases), figsize=(3.4 * len(cases), 3.8))
+    fig, axes = plt.subplots(1, len(cases), figsize=(3.4 * len(cases), 4.0))
     for ax, (title, image, truth, prediction) in zip(np.atleast_1d(axes), cases):
         picture = overlay(image, [truth, prediction], [TRUTH_COLOUR, PREDICTION_COLOUR])
         ax.imshow(cv2.resize(picture, (size, size), interpolation=cv2.INTER_AREA))

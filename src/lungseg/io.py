@@ -84,11 +84,14 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 
 def write_png(path: str | Path, array: np.ndarray) -> None:
-    """Write an 8-bit (H, W) or (H, W, 3) array as PNG, atomically."""
+    """Write a uint8 (H, W) / (H, W, 3) or uint16 (H, W) array as PNG, atomically.
+
+    Compression level 1: masks and overlays compress nearly as well as at PIL's default 6, several times faster.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as tmp:
-        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
+        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG", compress_level=1)
     os.replace(tmp.name, path)
 
 

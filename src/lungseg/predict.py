@@ -6,6 +6,8 @@ width and height (for DICOM: Rows x Columns). No torch here.
 from __future__ import annotations
 
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,11 +84,18 @@ class Segmenter:
         self.lung_fraction_range = tuple(self.card["training_data"]["lung_fraction_range"])
         self.run_model = onnx_runner(self.session)
 
-    def predict(self, image: np.ndarray) -> Prediction:
-        low_res = imaging.predict_probabilities([image], self.run_model, self.image_size, batch_size=1)[0]
+    def model_probabilities(self, image: np.ndarray) -> np.ndarray:
+        """The model's part: gray (H, W) -> (S, S) lung probabilities at the model's size."""
+        return imaging.predict_probabilities([image], self.run_model, self.image_size, batch_size=1)[0]
+
+    def finish(self, image: np.ndarray, low_res: np.ndarray) -> Prediction:
+        """Everything after the model: full-size probabilities, mask, QA."""
         probabilities = imaging.upsample(low_res, image.shape[0], image.shape[1])
         mask = imaging.to_mask(probabilities, self.threshold, self.postprocess)
-        return Prediction(mask, probabilities, qa.describe(mask, probabilities, self.lung_fraction_range))
+        return Prediction(mask, probabilities, qa.describe(mask, low_res, self.threshold, self.lung_fraction_range))
+
+    def predict(self, image: np.ndarray) -> Prediction:
+        return self.finish(image, self.model_probabilities(image))
 
 
 def outline_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -136,43 +145,67 @@ class PredictionSummary:
                 f"{self.seconds:.1f} s, {self.images_per_second:.1f} images/s on {self.provider}")
 
 
+def _read(path: Path) -> np.ndarray | ImageReadError:
+    try:
+        return read_input(path)
+    except ImageReadError as err:
+        return err
+
+
+def _finish_and_write(segmenter: Segmenter, path: Path, target: Path, image: np.ndarray, low_res: np.ndarray,
+                      overlay: bool, probabilities: bool) -> dict:
+    result = segmenter.finish(image, low_res)
+    write_png(target, mask_png(result.mask))
+    if overlay:
+        write_png(target.with_name(f"{path.stem}_overlay.png"), outline_overlay(image, result.mask))
+    if probabilities:
+        write_png(target.with_name(f"{path.stem}_probability.png"), probability_png(result.probabilities))
+    return {"file": str(path), "mask": str(target), "width": image.shape[1], "height": image.shape[0],
+            **result.qa, "status": "review" if result.qa["needs_review"] else "ok"}
+
+
 def predict_files(segmenter: Segmenter, files: list[Path], output_dir: str | Path, overlay: bool = False,
                   probabilities: bool = False, show_progress: bool = True) -> PredictionSummary:
-    """Write one mask per readable input, plus report.csv; unreadable files are reported and skipped."""
+    """Write one mask per readable input, plus report.csv; unreadable files are reported and skipped.
+
+    Decoding the next files and post-processing and writing the previous ones run in a thread pool while the
+    model runs (ONNX Runtime, OpenCV and PIL release the GIL), so I/O is hidden behind the model.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = PredictionSummary(provider=segmenter.provider)
-    sources: dict[Path, Path] = {}
-    report = []
+    targets = [output_dir / f"{path.stem}.png" for path in files]
+    first_use = {target: path for target, path in reversed(list(zip(targets, files)))}
+    report: list[dict | Future] = []
     start = time.perf_counter()
-    for path in tqdm(files, desc="predict", unit="img", disable=not show_progress):
-        target = output_dir / f"{path.stem}.png"
-        if target in sources:
-            problem = f"{path}: skipped, its mask {target} would overwrite the mask of {sources[target]}"
-            summary.failed.append(problem)
-            report.append({"file": str(path), "status": f"error: {problem}"})
-            continue
-        sources[target] = path
-        try:
-            image = read_input(path)
-        except ImageReadError as err:
-            summary.failed.append(str(err))
-            report.append({"file": str(path), "status": f"error: {err}"})
-            continue
-        result = segmenter.predict(image)
-        write_png(target, mask_png(result.mask))
-        if overlay:
-            write_png(output_dir / f"{path.stem}_overlay.png", outline_overlay(image, result.mask))
-        if probabilities:
-            write_png(output_dir / f"{path.stem}_probability.png", probability_png(result.probabilities))
-        summary.written.append(target)
-        summary.flagged += result.qa["needs_review"]
-        report.append({"file": str(path), "mask": str(target), "width": image.shape[1], "height": image.shape[0],
-                       **result.qa, "status": "review" if result.qa["needs_review"] else "ok"})
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reads: deque[Future] = deque(pool.submit(_read, p) for p in files[:LOOKAHEAD])
+        for index, (path, target) in enumerate(tqdm(list(zip(files, targets)), desc="predict", unit="img",
+                                                    disable=not show_progress)):
+            image = reads.popleft().result()
+            if index + LOOKAHEAD < len(files):
+                reads.append(pool.submit(_read, files[index + LOOKAHEAD]))
+            if first_use[target] != path:
+                problem = f"{path}: skipped, its mask {target} would overwrite the mask of {first_use[target]}"
+                report.append({"file": str(path), "status": f"error: {problem}"})
+            elif isinstance(image, ImageReadError):
+                report.append({"file": str(path), "status": f"error: {image}"})
+            else:
+                low_res = segmenter.model_probabilities(image)
+                report.append(pool.submit(_finish_and_write, segmenter, path, target, image, low_res, overlay,
+                                          probabilities))
+        rows = [row.result() if isinstance(row, Future) else row for row in report]
     summary.seconds = time.perf_counter() - start
-    write_csv(output_dir / "report.csv", pd.DataFrame(report, columns=REPORT_COLUMNS))
+    for row in rows:
+        if row["status"].startswith("error: "):
+            summary.failed.append(row["status"][len("error: "):])
+        else:
+            summary.written.append(Path(row["mask"]))
+            summary.flagged += row["needs_review"]
+    write_csv(output_dir / "report.csv", pd.DataFrame(rows, columns=REPORT_COLUMNS))
     return summary
 
 
+LOOKAHEAD = 4  # files decoded ahead of the model
 REPORT_COLUMNS = ["file", "mask", "width", "height", "lung_fraction", "regions", "mean_confidence",
                   "uncertain_share", "qa_flags", "needs_review", "status"]

@@ -19,13 +19,18 @@ MIN_CONFIDENCE = 0.9
 MAX_UNCERTAIN_SHARE = 0.15
 
 
-def describe(mask: np.ndarray, probabilities: np.ndarray, lung_fraction_range: tuple[float, float]) -> dict:
-    """(H, W) bool mask and (H, W) probabilities -> the QA fields of report.csv."""
+def describe(mask: np.ndarray, probabilities: np.ndarray, threshold: float,
+             lung_fraction_range: tuple[float, float]) -> dict:
+    """(H, W) bool mask and the model's (S, S) probabilities -> the QA fields of report.csv.
+
+    Confidence and the uncertain share are measured at the model's resolution, where the model decided.
+    """
     lung_fraction = float(mask.mean())
     _, areas = imaging.regions(mask)
     regions = int((areas >= MIN_REGION_SHARE * mask.size).sum())
-    lung_pixels = int(mask.sum())
-    confidence = float(probabilities[mask].mean()) if lung_pixels else 0.0
+    lung = probabilities > threshold
+    lung_pixels = int(lung.sum())
+    confidence = float(probabilities[lung].mean()) if lung_pixels else 0.0
     uncertain = float(((probabilities > 0.25) & (probabilities < 0.75)).sum() / max(lung_pixels, 1))
     low, high = lung_fraction_range
     flags = []
