@@ -43,6 +43,8 @@ def test_repro_writes_every_output_and_is_then_up_to_date(repo):
         assert (root / output).is_file(), output
     status = run([str(BIN / "dvc"), "status"], root, env).stdout
     assert "up to date" in status
+    state = torch.load(root / "models" / "train_state.pt", weights_only=True)
+    assert state["completed"] and "model" not in state  # a finished run leaves only a small marker
 
 
 def test_metrics_and_artifacts_are_self_describing(repo):

@@ -240,11 +240,17 @@ def fit(
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                 "metrics": row, **checkpoint_extra,
             })
-        save_checkpoint(state_path, {
-            "fingerprint": checkpoint_extra["fingerprint"], "completed": epoch == config.epochs,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "history": history, "best_dice": best_dice, "mlflow_run_id": checkpoint_extra.get("mlflow_run_id"),
-        })
+        if epoch < config.epochs:
+            save_checkpoint(state_path, {
+                "fingerprint": checkpoint_extra["fingerprint"], "completed": False,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "history": history, "best_dice": best_dice,
+                "mlflow_run_id": checkpoint_extra.get("mlflow_run_id"),
+            })
+        else:
+            # A finished run leaves a small marker, not weights: nothing to resume, cheap to cache and push.
+            save_checkpoint(state_path, {"fingerprint": checkpoint_extra["fingerprint"], "completed": True,
+                                         "history": history})
         tqdm.write(
             f"epoch {epoch}/{config.epochs}  train loss {train['loss']:.4f} dice {train['dice']:.4f}  "
             f"val loss {val['loss']:.4f} dice {val['dice']:.4f} iou {val['iou']:.4f}  "

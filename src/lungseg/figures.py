@@ -47,7 +47,7 @@ def augmentation_preview(images: np.ndarray, masks: np.ndarray, pipeline, count:
 
 def _save(fig, path: str) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
