@@ -43,10 +43,16 @@ def score_split(
                             f"dice_{variant}": float(dice)})
             rows.append(row)
     table = pd.DataFrame(rows)
-    chosen = "post" if postprocess else "raw"
-    for column in ("intersection", "predicted_pixels", "iou", "dice"):
-        table[column] = table[f"{column}_{chosen}"]
-    return table
+    chosen = _variant(table, "post" if postprocess else "raw")
+    return table.assign(**{column: chosen[column] for column in VARIANT_COLUMNS})
+
+
+VARIANT_COLUMNS = ("intersection", "predicted_pixels", "iou", "dice")
+
+
+def _variant(per_image: pd.DataFrame, variant: str) -> pd.DataFrame:
+    """The per-image table with one variant's columns ('raw' or 'post') under the unsuffixed names."""
+    return per_image.assign(**{column: per_image[f"{column}_{variant}"] for column in VARIANT_COLUMNS})
 
 
 def _scores(per_image: pd.DataFrame, prefix: str) -> dict[str, float]:
@@ -66,10 +72,7 @@ def split_metrics(per_image: pd.DataFrame, split: str = "test") -> dict[str, flo
     for source, part in per_image.groupby("source", sort=True):
         metrics.update(_scores(part, f"{split}/{source}"))
     for variant, name in (("raw", "postprocess_off"), ("post", "postprocess_on")):
-        renamed = per_image[["name", "truth_pixels"]].assign(
-            intersection=per_image[f"intersection_{variant}"], predicted_pixels=per_image[f"predicted_pixels_{variant}"],
-            iou=per_image[f"iou_{variant}"], dice=per_image[f"dice_{variant}"])
-        scores = _scores(renamed, f"{split}/{name}")
+        scores = _scores(_variant(per_image, variant), f"{split}/{name}")
         metrics.update({k: v for k, v in scores.items() if k.rsplit("/", 1)[1] in ("dice", "iou", "dice_worst5pct")})
     return metrics
 

@@ -24,6 +24,9 @@ from lungseg.io import IMAGE_SUFFIXES, ImageReadError, decode_grayscale, read_gr
 
 INPUT_SUFFIXES = IMAGE_SUFFIXES + dicom.DICOM_SUFFIXES
 OUTLINE_COLOUR = (255, 60, 60)  # RGB
+LOOKAHEAD = 4  # files decoded ahead of the model
+REPORT_COLUMNS = ["file", "mask", "width", "height", "lung_fraction", "regions", "mean_confidence",
+                  "uncertain_share", "qa_flags", "needs_review", "status"]
 
 
 class DeviceError(UserError, RuntimeError):
@@ -205,7 +208,3 @@ def predict_files(segmenter: Segmenter, files: list[Path], output_dir: str | Pat
     write_csv(output_dir / "report.csv", pd.DataFrame(rows, columns=REPORT_COLUMNS))
     return summary
 
-
-LOOKAHEAD = 4  # files decoded ahead of the model
-REPORT_COLUMNS = ["file", "mask", "width", "height", "lung_fraction", "regions", "mean_confidence",
-                  "uncertain_share", "qa_flags", "needs_review", "status"]
