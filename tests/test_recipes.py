@@ -48,6 +48,6 @@ def test_recipe_is_valid_and_trains_a_step_on_cpu(recipe):
     before = [p.detach().clone() for p in model.parameters()]
     result = engine.train_one_epoch(model, loader, build_loss(config), optimizer,
                                     engine.build_scheduler(optimizer, config, len(loader)),
-                                    torch.device("cpu"), False, False)
+                                    torch.device("cpu"), "float32", False)
     assert np.isfinite(result["loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -1,4 +1,5 @@
-"""The `lungseg` command: `predict` and `serve` run the exported model; `ui` opens the MLflow UI."""
+"""The `lungseg` command: `predict` and `serve` run the exported model; `ui` opens the MLflow UI;
+`tracking-server` starts and stops a team MLflow server on PostgreSQL."""
 from __future__ import annotations
 
 import argparse
@@ -51,6 +52,28 @@ def _ui(args: argparse.Namespace) -> int:
     return subprocess.call(command)
 
 
+def _tracking_server(args: argparse.Namespace) -> int:
+    from lungseg import tracking_server
+
+    try:
+        if args.action == "start":
+            state = tracking_server.start(args.dir, args.db_port, args.port, args.workers)
+            print(f"MLflow tracking server on PostgreSQL: {state.tracking_uri} "
+                  f"(postgres pid {state.postgres_pid} on port {state.database_port}, mlflow pid {state.mlflow_pid})")
+            print(f"use it:  export MLFLOW_TRACKING_URI={state.tracking_uri}")
+        elif args.action == "stop":
+            state = tracking_server.stop(args.dir)
+            print(f"stopped mlflow (pid {state.mlflow_pid}) and postgres (pid {state.postgres_pid})")
+        else:
+            report = tracking_server.status(args.dir)
+            print(" ".join(f"{key}={value}" for key, value in report.items()))
+            return 0 if report["mlflow"] and report["postgres"] else 1
+    except tracking_server.TrackingServerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lungseg", description="Lung segmentation on chest X-rays.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(handler=_ui)
+
+    server = commands.add_parser("tracking-server",
+                                 help="start/stop/status of a team MLflow server on PostgreSQL (127.0.0.1 only)")
+    server.add_argument("action", choices=["start", "stop", "status"])
+    server.add_argument("--dir", required=True, help="the server's folder: database cluster, artifacts, logs, pids")
+    server.add_argument("--db-port", type=int, default=15432, help="PostgreSQL port on 127.0.0.1")
+    server.add_argument("--port", type=int, default=5000, help="MLflow server port on 127.0.0.1")
+    server.add_argument("--workers", type=int, default=2, help="MLflow server worker processes")
+    server.set_defaults(handler=_tracking_server)
     return parser
 
 

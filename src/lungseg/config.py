@@ -97,6 +97,7 @@ class TrainConfig(_Strict):
     channels_last: bool
     num_threads: int = Field(ge=0)
     num_workers: int = Field(ge=0)
+    nproc: int = Field(ge=1)
 
     @field_validator("image_size")
     @classmethod
@@ -105,6 +106,13 @@ class TrainConfig(_Strict):
         if value % 32:
             raise ValueError(f"image_size must be a multiple of 32 (the encoder downsamples 5 times), got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _batch_splits_across_processes(self) -> "TrainConfig":
+        if self.batch_size % self.nproc:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of nproc {self.nproc}: "
+                             f"each optimizer step's batch is split evenly across the processes")
+        return self
 
 
 class EvaluateConfig(_Strict):

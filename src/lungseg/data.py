@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lungseg import imaging
 from lungseg.errors import UserError
@@ -186,11 +186,15 @@ def _seed_worker_transform(worker_id: int) -> None:
         transform.set_random_seed(info.seed % 2**32)
 
 
-def build_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int) -> DataLoader:
+def build_loader(
+    dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int, sampler: Sampler | None = None
+) -> DataLoader:
+    """Batches of `dataset`; a given sampler (e.g. distributed) decides the order instead of `shuffle`."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
         drop_last=False,
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(seed),

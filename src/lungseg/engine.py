@@ -14,11 +14,13 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from lungseg import distributed
 from lungseg.config import TrainConfig
-from lungseg.metrics import SegmentationScores
+from lungseg.distributed import Processes
+from lungseg.metrics import SegmentationScores, iou_dice
 
 
 def seed_everything(seed: int) -> None:
@@ -36,10 +38,26 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device, enabled: bool):
-    """bfloat16 autocast on CUDA (no loss scaling needed); a no-op on CPU."""
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether the device computes bfloat16 matrix products in hardware: CUDA, or a CPU with AMX tiles.
+
+    Elsewhere bfloat16 is emulated and slower than float32, so mixed precision is not used there.
+    """
+    if device.type == "cuda":
+        return True
+    is_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private API: absent means "unknown", so no
+    return device.type == "cpu" and bool(is_amx and is_amx())
+
+
+def training_precision(device: torch.device, mixed_precision: bool) -> str:
+    """'bfloat16' when mixed precision is asked for and the device runs it natively, else 'float32'."""
+    return "bfloat16" if mixed_precision and native_bfloat16(device) else "float32"
+
+
+def autocast(device: torch.device, precision: str):
+    """bfloat16 autocast (no loss scaling needed) for precision 'bfloat16'; a no-op for 'float32'."""
+    if precision == "bfloat16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -70,6 +88,15 @@ def _to_device(batch: torch.Tensor, device: torch.device, channels_last: bool) -
     return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
 
 
+def _reduce_epoch(loss_sum: float, seen: int, scores: SegmentationScores) -> tuple[dict[str, float], int]:
+    """Loss per image and dataset-level IoU / Dice over every process's images, and the images counted."""
+    totals = distributed.sum_across(torch.tensor(
+        [loss_sum, seen, *scores.per_image_counts.sum(0)], dtype=torch.float64
+    )).tolist()
+    iou, dice = iou_dice(np.array(totals[2:]))
+    return {"loss": totals[0] / totals[1], "iou": float(iou), "dice": float(dice)}, int(totals[1])
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -77,18 +104,20 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     device: torch.device,
-    mixed_precision: bool,
+    precision: str,
     channels_last: bool,
     description: str = "train",
 ) -> dict[str, float]:
-    """One pass over the loader; returns loss (mean per image), IoU, Dice and images per second."""
+    """One pass over the loader; returns loss (mean per image), IoU, Dice and images per second, over the
+    images of every process when distributed."""
     model.train()
     scores, loss_sum, seen = SegmentationScores(), 0.0, 0
     start = time.perf_counter()
-    with tqdm(total=len(loader.dataset), desc=description, unit="img", leave=False, mininterval=2.0) as bar:
+    with tqdm(total=len(loader.sampler), desc=description, unit="img", leave=False, mininterval=2.0,
+              disable=not distributed.is_main_process()) as bar:
         for images, masks in loader:
             images, masks = _to_device(images, device, channels_last), masks.to(device)
-            with autocast(device, mixed_precision):
+            with autocast(device, precision):
                 logits = model(images)  # (B, 1, S, S)
             loss = loss_fn(logits, masks)
             optimizer.zero_grad(set_to_none=True)
@@ -100,8 +129,8 @@ def train_one_epoch(
             seen += len(images)
             bar.update(len(images))
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
-    elapsed = time.perf_counter() - start
-    return {"loss": loss_sum / seen, **scores.dataset_scores(), "images_per_second": seen / elapsed}
+    result, seen_everywhere = _reduce_epoch(loss_sum, seen, scores)
+    return {**result, "images_per_second": seen_everywhere / (time.perf_counter() - start)}
 
 
 @torch.no_grad()
@@ -110,20 +139,21 @@ def validate(
     loader: DataLoader,
     loss_fn: nn.Module,
     device: torch.device,
-    mixed_precision: bool,
+    precision: str,
     channels_last: bool,
 ) -> dict[str, float]:
-    """Loss, IoU and Dice over the whole loader at the model's resolution (counts summed, then reduced)."""
+    """Loss, IoU and Dice over the whole loader at the model's resolution (counts summed, then reduced);
+    distributed, each process validates its shard and the counts are summed across processes."""
     model.eval()
     scores, loss_sum, seen = SegmentationScores(), 0.0, 0
     for images, masks in loader:
         images, masks = _to_device(images, device, channels_last), masks.to(device)
-        with autocast(device, mixed_precision):
+        with autocast(device, precision):
             logits = model(images)
         loss_sum += loss_fn(logits, masks).item() * len(images)
         seen += len(images)
         scores.update(logits > 0, masks > 0.5)
-    return {"loss": loss_sum / seen, **scores.dataset_scores()}
+    return _reduce_epoch(loss_sum, seen, scores)[0]
 
 
 def torch_runner(model: nn.Module, device: torch.device | str = "cpu") -> Callable[[np.ndarray], np.ndarray]:
@@ -156,13 +186,20 @@ def load_checkpoint(path: str | Path) -> dict:
         raise ValueError(f"{path}: refused to load checkpoint (not a plain weights file, or corrupt): {err}") from None
 
 
-def seed_epoch(seed: int, epoch: int, loader: DataLoader) -> None:
-    """Seed batch order and augmentation draws from (seed, epoch) alone, so a resumed run makes the same draws."""
+# Spaces the augmentation seeds of different processes far apart, so no two processes make the same draws.
+RANK_SEED_STRIDE = 1_000_003
+
+
+def seed_epoch(seed: int, epoch: int, loader: DataLoader, rank: int = 0) -> None:
+    """Seed batch order and augmentation draws from (seed, epoch, rank) alone, so a resumed run makes the same
+    draws. Batch order is shared by all processes (the DistributedSampler splits one permutation)."""
     torch.manual_seed(seed + epoch)
     loader.generator.manual_seed(seed + epoch)
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
     transform = getattr(loader.dataset, "transform", None)
     if transform is not None:
-        transform.set_random_seed(seed + epoch)
+        transform.set_random_seed(seed + epoch + RANK_SEED_STRIDE * rank)
 
 
 def fingerprint(config: dict, files: list[str | Path]) -> str:
@@ -201,30 +238,35 @@ def fit(
     checkpoint_extra: dict,
     on_epoch_end: Callable[[dict], None],
     resume: dict | None = None,
+    processes: Processes = Processes(),
 ) -> list[dict]:
     """Train for config.epochs, or what is left of them when `resume` holds an interrupted run's state.
 
     After each epoch: the best checkpoint by val/dice (earliest on ties) goes to checkpoint_path, the state to
     continue from (weights, optimizer, schedule, history) to state_path, both written atomically, then
     on_epoch_end(row) is called. Rows use the shared metric names: epoch, train/loss, train/iou, train/dice,
-    val/loss, val/iou, val/dice, lr, seconds.
+    val/loss, val/iou, val/dice, lr, seconds. Distributed, `model` is the DDP-wrapped model, every process
+    computes the same (reduced) rows, and only the main process writes files and calls on_epoch_end.
     """
     history: list[dict] = []
     best_dice = -1.0
+    plain_model = distributed.unwrap_model(model)
     if resume is not None:
-        model.load_state_dict(resume["model"])
+        plain_model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         history, best_dice = list(resume["history"]), resume["best_dice"]
-        tqdm.write(f"resuming after epoch {len(history)} of {config.epochs} (best val dice {best_dice:.4f})")
+        if processes.is_main:
+            tqdm.write(f"resuming after epoch {len(history)} of {config.epochs} (best val dice {best_dice:.4f})")
+    precision = training_precision(device, config.mixed_precision)
     for epoch in range(len(history) + 1, config.epochs + 1):
         start = time.perf_counter()
-        seed_epoch(seed, epoch, train_loader)
+        seed_epoch(seed, epoch, train_loader, processes.rank)
         train = train_one_epoch(
             model, train_loader, loss_fn, optimizer, scheduler, device,
-            config.mixed_precision, config.channels_last, description=f"epoch {epoch}/{config.epochs}",
+            precision, config.channels_last, description=f"epoch {epoch}/{config.epochs}",
         )
-        val = validate(model, val_loader, loss_fn, device, config.mixed_precision, config.channels_last)
+        val = validate(model, val_loader, loss_fn, device, precision, config.channels_last)
         row = {
             "epoch": epoch,
             **{f"train/{k}": v for k, v in train.items()},
@@ -233,31 +275,43 @@ def fit(
             "seconds": time.perf_counter() - start,
         }
         history.append(row)
-        is_best = val["dice"] > best_dice
+        is_best = val["dice"] > best_dice  # the same decision in every process: val is reduced across them
         if is_best:
             best_dice = val["dice"]
-            save_checkpoint(checkpoint_path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                "metrics": row, **checkpoint_extra,
-            })
-        if epoch < config.epochs:
-            save_checkpoint(state_path, {
-                "fingerprint": checkpoint_extra["fingerprint"], "completed": False,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "history": history, "best_dice": best_dice,
-                "mlflow_run_id": checkpoint_extra.get("mlflow_run_id"),
-            })
-        else:
-            # A finished run leaves a small marker, not weights: nothing to resume, cheap to cache and push.
-            save_checkpoint(state_path, {"fingerprint": checkpoint_extra["fingerprint"], "completed": True,
-                                         "history": history})
-        tqdm.write(
-            f"epoch {epoch}/{config.epochs}  train loss {train['loss']:.4f} dice {train['dice']:.4f}  "
-            f"val loss {val['loss']:.4f} dice {val['dice']:.4f} iou {val['iou']:.4f}  "
-            f"{train['images_per_second']:.1f} img/s  {row['seconds']:.0f}s{'  *best' if is_best else ''}"
-        )
-        on_epoch_end(row)
+        if processes.is_main:
+            _save_epoch(plain_model, optimizer, scheduler, row, history, best_dice, is_best, config.epochs,
+                        checkpoint_path, state_path, checkpoint_extra)
+            tqdm.write(
+                f"epoch {epoch}/{config.epochs}  train loss {train['loss']:.4f} dice {train['dice']:.4f}  "
+                f"val loss {val['loss']:.4f} dice {val['dice']:.4f} iou {val['iou']:.4f}  "
+                f"{train['images_per_second']:.1f} img/s  {row['seconds']:.0f}s{'  *best' if is_best else ''}"
+            )
+            on_epoch_end(row)
     return history
+
+
+def _save_epoch(
+    model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+    row: dict, history: list[dict], best_dice: float, is_best: bool, epochs: int,
+    checkpoint_path: str | Path, state_path: str | Path, checkpoint_extra: dict,
+) -> None:
+    """The best checkpoint when this epoch is the best so far, and the state to resume from."""
+    if is_best:
+        save_checkpoint(checkpoint_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": row["epoch"],
+            "metrics": row, **checkpoint_extra,
+        })
+    if row["epoch"] < epochs:
+        save_checkpoint(state_path, {
+            "fingerprint": checkpoint_extra["fingerprint"], "completed": False,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "history": history, "best_dice": best_dice,
+            "mlflow_run_id": checkpoint_extra.get("mlflow_run_id"),
+        })
+    else:
+        # A finished run leaves a small marker, not weights: nothing to resume, cheap to cache and push.
+        save_checkpoint(state_path, {"fingerprint": checkpoint_extra["fingerprint"], "completed": True,
+                                     "history": history})
 
 
 def summarize_history(history: list[dict]) -> dict:

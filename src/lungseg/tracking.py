@@ -68,12 +68,14 @@ def git_commit(cwd: Path) -> str:
 
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_root: Path) -> str:
-    """Create the experiment on first use with artifacts in artifact_root; returns its id."""
+    """Create the experiment on first use; returns its id. A local store keeps artifacts in artifact_root; a
+    tracking server keeps them in its own artifact store, so every client can read every run's artifacts."""
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_root.resolve().as_uri())
+    is_server = urlparse(tracking_uri).scheme in ("http", "https")
+    return client.create_experiment(name, artifact_location=None if is_server else artifact_root.resolve().as_uri())
 
 
 @contextlib.contextmanager

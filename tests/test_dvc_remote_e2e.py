@@ -1,0 +1,54 @@
+"""Sharing results through a DVC remote: push from one clone, pull into a fresh one, predict without training."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import BIN, SOURCES, make_tiny_repo, run
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def pushed_and_pulled(tmp_path_factory):
+    """A teammate's repro pushed to a folder remote; a fresh clone that only pulled."""
+    base = tmp_path_factory.mktemp("shared")
+    origin = make_tiny_repo(base / "origin")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    dvc = str(BIN / "dvc")
+    run([dvc, "repro"], origin, env)
+    run([dvc, "remote", "add", "--default", "team", str(base / "remote")], origin, env)
+    run(["git", "add", "-A"], origin)
+    run(["git", "commit", "-qm", "results of dvc repro; the team remote"], origin)
+    pushed = run([dvc, "push"], origin, env).stdout
+    run(["git", "clone", "-q", str(origin), str(base / "clone")], base)
+    clone = base / "clone"
+    pulled = run([dvc, "pull"], clone, env).stdout
+    return origin, clone, env, pushed, pulled
+
+
+def test_push_then_pull_brings_every_output(pushed_and_pulled):
+    origin, clone, _, pushed, pulled = pushed_and_pulled
+    assert "pushed" in pushed
+    for output in ("models/best.pt", "models/model.onnx", "models/model.card.json", "models/train_state.pt",
+                   "data/prepared/manifest.csv", "data/augment/pipeline.yaml", "metrics/test_per_image.csv"):
+        assert (clone / output).read_bytes() == (origin / output).read_bytes(), output
+
+
+def test_the_pulled_clone_is_up_to_date_and_needs_no_training(pushed_and_pulled):
+    _, clone, env, _, _ = pushed_and_pulled
+    assert "up to date" in run([str(BIN / "dvc"), "status"], clone, env).stdout
+    repro = run([str(BIN / "dvc"), "repro"], clone, env).stdout
+    assert "Running stage" not in repro, repro  # every stage is skipped: nothing retrains
+    assert not (clone / "mlflow.db").exists()
+
+
+def test_the_pulled_model_predicts(pushed_and_pulled, tmp_path):
+    _, clone, env, _, _ = pushed_and_pulled
+    images = sorted((SOURCES / "montgomery" / "images").glob("*.png"))[-2:]
+    run([str(BIN / "lungseg"), "predict", *map(str, images), "--output", str(tmp_path)], clone, env)
+    for image in images:
+        mask = np.asarray(Image.open(tmp_path / image.name))
+        assert mask.shape == (512, 512) and set(np.unique(mask)) <= {0, 255}
