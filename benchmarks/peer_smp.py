@@ -27,10 +27,12 @@ from lungseg.losses import build_loss
 from lungseg.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
 
 
 def train_steps(model, loader, params, steps: int) -> float:
-    """Train for `steps` batches (cycling the loader); returns images per second."""
+    """Train for `steps` batches (cycling the loader) in the pipeline's training precision (bfloat16 autocast
+    where the CPU computes it natively, as the train stage does); returns images per second."""
     config = params.train.model_copy(update={"epochs": max(1, -(-steps // len(loader)))})
     optimizer = engine.build_optimizer(model, config)
     scheduler = engine.build_scheduler(optimizer, config, len(loader))
@@ -46,7 +48,9 @@ def train_steps(model, loader, params, steps: int) -> float:
         for images, masks in loader:
             if config.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            loss = loss_fn(model(images), masks)
+            with engine.autocast(CPU, engine.training_precision(CPU, config.mixed_precision)):
+                logits = model(images)
+            loss = loss_fn(logits, masks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -93,7 +97,8 @@ def main() -> None:
                              build_augmentations(params.augment))
     test = manifest[manifest["split"] == "test"]
     print(f"encoder {encoder} (no pretrained weights), {size}x{size}, batch {batch}, {args.steps} steps each, "
-          f"{len(train)} training images, {len(test)} test images, {args.threads} threads")
+          f"{len(train)} training images, {len(test)} test images, {args.threads} threads, training in "
+          f"{engine.training_precision(CPU, params.train.mixed_precision)}")
 
     torch.manual_seed(params.seed)
     ours = build_model(params.model, in_channels=1)

@@ -54,3 +54,19 @@ def test_cuda_request_without_a_gpu_fails_clearly(monkeypatch):
     with pytest.raises(RuntimeError, match="no CUDA device"):
         engine.select_device("cuda")
     assert engine.select_device("auto").type == "cpu"
+
+
+def test_mixed_precision_only_where_bfloat16_is_native(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert engine.training_precision(cpu, True) == "bfloat16"
+    assert engine.training_precision(cpu, False) == "float32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert engine.training_precision(cpu, True) == "float32"  # emulated bfloat16 would be slower
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert engine.training_precision(cpu, True) == "float32"  # unknown hardware: the safe choice
+    assert engine.training_precision(torch.device("cuda"), True) == "bfloat16"
+    with engine.autocast(cpu, "bfloat16"):
+        assert torch.nn.Linear(4, 4)(torch.rand(2, 4)).dtype == torch.bfloat16
+    with engine.autocast(cpu, "float32"):
+        assert torch.nn.Linear(4, 4)(torch.rand(2, 4)).dtype == torch.float32
