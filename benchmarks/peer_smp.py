@@ -30,9 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
 
-def train_steps(model, loader, params, steps: int) -> float:
+def train_steps(model, loader, params, steps: int) -> tuple[float, float]:
     """Train for `steps` batches (cycling the loader) in the pipeline's training precision (bfloat16 autocast
-    where the CPU computes it natively, as the train stage does); returns images per second."""
+    where the CPU computes it natively, as the train stage does); returns images per second and seconds."""
     config = params.train.model_copy(update={"epochs": max(1, -(-steps // len(loader)))})
     optimizer = engine.build_optimizer(model, config)
     scheduler = engine.build_scheduler(optimizer, config, len(loader))
@@ -59,7 +59,8 @@ def train_steps(model, loader, params, steps: int) -> float:
             done += 1
             if done == steps:
                 break
-    return seen / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return seen / seconds, seconds
 
 
 def inference_rate(run_model, size: int, count: int) -> float:
@@ -107,7 +108,8 @@ def main() -> None:
     results = {}
     for name, model in (("lungseg", ours), ("smp.Unet", peer)):
         loader = data.build_loader(train, batch, True, params.seed, 0)
-        results[name] = {"train_ips": train_steps(model, loader, params, args.steps)}
+        ips, seconds = train_steps(model, loader, params, args.steps)
+        results[name] = {"train_ips": ips, "train_seconds": seconds}
         model.eval()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,7 +122,8 @@ def main() -> None:
         for name, run_model in (("lungseg", ours_run), ("smp.Unet", peer_run)):
             per_image = evaluation.score_split(test, run_model, size, params.evaluate.threshold, 16,
                                                params.evaluate.postprocess)
-            results[name]["dice"] = evaluation.split_metrics(per_image)["test/dice"]
+            scores = evaluation.split_metrics(per_image)
+            results[name]["dice"], results[name]["iou"] = scores["test/dice"], scores["test/iou"]
 
     with FlopCounterMode(display=False) as counter:
         ours(torch.rand(1, 1, size, size))
@@ -128,9 +131,10 @@ def main() -> None:
     avx2_peak, avx512_peak, ghz = cpu_peaks_gflops(args.threads)
     achieved = flops * results["lungseg"]["infer_ips"] / 1e9
 
-    print(f"\n{'':10s} {'train img/s':>12s} {'infer img/s':>12s} {'test Dice':>10s}")
+    print(f"\n{'':10s} {'train img/s':>12s} {'train s':>8s} {'infer img/s':>12s} {'test Dice':>10s} {'test IoU':>9s}")
     for name, r in results.items():
-        print(f"{name:10s} {r['train_ips']:12.1f} {r['infer_ips']:12.1f} {r['dice']:10.4f}")
+        print(f"{name:10s} {r['train_ips']:12.1f} {r['train_seconds']:8.0f} {r['infer_ips']:12.1f} {r['dice']:10.4f} "
+              f"{r['iou']:9.4f}")
     ours_r, peer_r = results["lungseg"], results["smp.Unet"]
     print(f"\nlungseg / peer: training {ours_r['train_ips'] / peer_r['train_ips']:.2f}x, "
           f"CPU inference {ours_r['infer_ips'] / peer_r['infer_ips']:.2f}x, "

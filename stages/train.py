@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--metrics", required=True)
     args = parser.parse_args()
 
+    distributed.die_with_launcher(os.environ)
     params = load_params(args.params)
     config = params.train
     processes = distributed.processes_from_env(os.environ)

@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,7 +57,25 @@ def interrupt_training(root, env, sig) -> None:
         time.sleep(0.02)
     os.killpg(process.pid, sig)
     process.wait(timeout=60)
+    # torchrun starts its workers in their own session, out of reach of the signal: they must die with it.
+    deadline = time.monotonic() + 30
+    while processes_working_in(root):
+        assert time.monotonic() < deadline, f"processes outlived the interrupted run: {processes_working_in(root)}"
+        time.sleep(0.1)
     assert completed_epochs(root) < EPOCHS, "training finished before the signal arrived"
+
+
+def processes_working_in(folder) -> list[int]:
+    """Pids of live processes whose working directory is `folder` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if Path(os.readlink(entry / "cwd")) == Path(folder) and (entry / "stat").read_text().split()[2] != "Z":
+                    found.append(int(entry.name))
+            except OSError:
+                continue  # gone meanwhile, or not ours to read
+    return found
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])

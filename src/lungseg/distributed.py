@@ -7,8 +7,11 @@ which process it is, its device, its share of the data, and sums across processe
 """
 from __future__ import annotations
 
+import ctypes
 import datetime
 import os
+import signal
+import sys
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -53,6 +56,25 @@ def processes_from_env(environ: Mapping[str, str]) -> Processes:
         )
     except ValueError as err:
         raise DistributedConfigError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers: {err}") from None
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_launcher(environ: Mapping[str, str]) -> None:
+    """Under torchrun, make this worker end when its launcher dies.
+
+    torchrun starts each worker in a session of its own, so a SIGKILL to the launcher's process group (a kill
+    -9 of `dvc repro`, a CI job's time-out) would leave the worker training on, writing checkpoints behind the
+    back of the next run. The kernel's parent-death signal ties the worker's life to the launcher's (Linux).
+    """
+    if "TORCHELASTIC_RUN_ID" not in environ or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() == 1:  # the launcher died before the line above: nobody would reap our results
+        os._exit(1)
 
 
 def per_process_batch(batch_size: int, world_size: int) -> int:
