@@ -1,6 +1,7 @@
 """Shared fixtures: real shipped X-rays, and a tiny copy of the repository for end-to-end runs."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,13 @@ def run(command: list[str], cwd: Path, env: dict | None = None, timeout: int = 9
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
+
+
+def pipeline_environment() -> dict[str, str]:
+    """This environment without MLflow/DVC settings of the caller, with the virtual environment's tools first."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    return env
 
 
 def make_tiny_repo(root: Path, pairs_per_label: int = 4) -> Path:

@@ -1,12 +1,11 @@
 """Two training processes under torchrun (gloo on the CPU) against one, through the real `dvc repro`."""
-import os
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
 from lungseg import io
-from conftest import BIN, make_tiny_repo, run
+from conftest import BIN, make_tiny_repo, pipeline_environment, run
 
 pytestmark = pytest.mark.e2e
 
@@ -15,12 +14,6 @@ EPOCHS = 20
 # draws and batch-norm statistics over half a batch each, so they do not retrace the one-process run exactly.
 # Measured on this tiny config (20 epochs, 16 training images): val Dice 0.904 (1 process) vs 0.912 (2).
 DICE_TOLERANCE = 0.03
-
-
-def environment():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    return env
 
 
 def set_nproc(root, nproc: int) -> None:
@@ -40,7 +33,7 @@ def one_then_two_processes(tmp_path_factory):
     params = (root / "params.yaml").read_text()
     params = params.replace("epochs: 1\n", f"epochs: {EPOCHS}\n").replace("learning_rate: 0.001", "learning_rate: 0.003")
     (root / "params.yaml").write_text(params)
-    env = environment()
+    env = pipeline_environment()
     run([str(BIN / "dvc"), "repro", "train"], root, env)
     single = io.read_json(root / "metrics/train.json")
     set_nproc(root, 2)

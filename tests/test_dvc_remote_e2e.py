@@ -1,11 +1,10 @@
 """Sharing results through a DVC remote: push from one clone, pull into a fresh one, predict without training."""
-import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import BIN, SOURCES, make_tiny_repo, run
+from conftest import BIN, SOURCES, make_tiny_repo, pipeline_environment, run
 
 pytestmark = pytest.mark.e2e
 
@@ -15,8 +14,7 @@ def pushed_and_pulled(tmp_path_factory):
     """A teammate's repro pushed to a folder remote; a fresh clone that only pulled."""
     base = tmp_path_factory.mktemp("shared")
     origin = make_tiny_repo(base / "origin")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    env = pipeline_environment()
     dvc = str(BIN / "dvc")
     run([dvc, "repro"], origin, env)
     run([dvc, "remote", "add", "--default", "team", str(base / "remote")], origin, env)

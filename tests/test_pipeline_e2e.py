@@ -1,6 +1,5 @@
 """The real pipeline, end to end, on a tiny copy of the repository: dvc repro, predict, dvc exp run, queue."""
 import json
-import os
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from lungseg import io
-from conftest import BIN, SOURCES, make_tiny_repo, run
+from conftest import BIN, SOURCES, make_tiny_repo, pipeline_environment, run
 
 pytestmark = pytest.mark.e2e
 
@@ -25,8 +24,7 @@ OUTPUTS = [
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     root = make_tiny_repo(tmp_path_factory.mktemp("lungseg"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    env = pipeline_environment()
     run([str(BIN / "dvc"), "repro"], root, env)
     return root, env
 

@@ -10,7 +10,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from lungseg import io
-from conftest import BIN, make_tiny_repo, run
+from conftest import BIN, make_tiny_repo, pipeline_environment, run
 
 pytestmark = pytest.mark.e2e
 EPOCHS = 6
@@ -19,19 +19,13 @@ EPOCHS = 6
 RESUME_TOLERANCE = 0.002
 
 
-def environment():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    return env
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     root = make_tiny_repo(tmp_path_factory.mktemp("reliable"))
     params = (root / "params.yaml").read_text().replace("epochs: 1\n", f"epochs: {EPOCHS}\n")
     (root / "params.yaml").write_text(params)
     run(["git", "commit", "-qam", f"{EPOCHS} epochs"], root)
-    env = environment()
+    env = pipeline_environment()
     run([str(BIN / "dvc"), "repro", "augment"], root, env)
     return root, env
 
@@ -131,7 +125,7 @@ def test_two_runs_from_scratch_give_the_same_split_and_test_dice(tmp_path):
     results = []
     for name in ("first", "second"):
         root = make_tiny_repo(tmp_path / name)
-        run([str(BIN / "dvc"), "repro"], root, environment())
+        run([str(BIN / "dvc"), "repro"], root, pipeline_environment())
         manifest = (root / "data" / "prepared" / "manifest.csv").read_text().replace(str(root), "")
         results.append((manifest, io.read_json(root / "metrics" / "test.json")["test/dice"]))
     assert results[0][0] == results[1][0]

@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from lungseg import tracking_server
-from conftest import BIN, make_tiny_repo, run
+from conftest import BIN, make_tiny_repo, pipeline_environment, run
 
 pytestmark = pytest.mark.e2e
 
@@ -55,8 +55,7 @@ def server():
 def pipeline_logged_to_server(server, tmp_path_factory):
     folder, state = server
     root = make_tiny_repo(tmp_path_factory.mktemp("team"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    env = pipeline_environment()
     env["MLFLOW_TRACKING_URI"] = state.tracking_uri
     run([str(BIN / "dvc"), "repro"], root, env)
     return root, folder, state
