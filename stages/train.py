@@ -64,9 +64,9 @@ def train(args, params, processes, batch_size, tracking_uri, device) -> None:
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = distributed.wrap_model(model, processes, device)
+    precision = engine.training_precision(device, config.mixed_precision)
     if processes.is_main:
-        print(f"training on {device} in {processes.world_size} process(es), "
-              f"{engine.training_precision(device, config.mixed_precision)}", flush=True)
+        print(f"training on {device} in {processes.world_size} process(es), {precision}", flush=True)
     loss_fn = build_loss(config)
     optimizer = engine.build_optimizer(model, config)
     scheduler = engine.build_scheduler(optimizer, config, len(train_loader))
@@ -75,7 +75,6 @@ def train(args, params, processes, batch_size, tracking_uri, device) -> None:
         params.model_dump(mode="json", include={"seed", "model", "train"}), [args.manifest, args.pipeline]
     )
     resume = engine.load_resumable_state(args.state, fingerprint)
-    precision = engine.training_precision(device, config.mixed_precision)
     with open_main_run(params, args.params, processes, tracking_uri, resume, precision) as run_id:
         checkpoint_extra = {
             "config": params.model_dump(mode="json"), "in_channels": in_channels,
@@ -119,6 +118,7 @@ def open_main_run(params, params_path, processes, tracking_uri, resume, precisio
             mlflow.log_artifact(params_path)
             mlflow.set_tags({"training_precision": precision, "training_processes": processes.world_size})
         yield run.info.run_id
+
 
 if __name__ == "__main__":
     sys.exit(stage.run(main, "train"))

@@ -153,9 +153,3 @@ def sum_across(values: torch.Tensor) -> torch.Tensor:
     on_device = values.to(torch.device("cuda", torch.cuda.current_device())) if dist.get_backend() == "nccl" else values
     dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
     return on_device.cpu()
-
-
-def wait_for_all() -> None:
-    """Barrier: no process runs ahead (e.g. before the main process has written what others read)."""
-    if dist.is_initialized():
-        dist.barrier()
