@@ -1,5 +1,6 @@
 """lungseg side by side with segmentation_models.pytorch's Unet: same encoder (no pretrained weights), same
-data, image size, batch, optimizer, schedule, loss and number of steps, in one run.
+data, image size, batch, optimizer, schedule, loss and number of steps, in one run (the two models' training
+alternates in chunks of steps, so a drift in the machine's speed affects both alike).
 
 Prints training images/s of each and their ratio; CPU inference images/s on 2 threads for lungseg's ONNX
 Runtime path and the peer's PyTorch eager path and their ratio; test Dice of each at 512x512 after the same
@@ -30,37 +31,57 @@ REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
 
-def train_steps(model, loader, params, steps: int) -> tuple[float, float]:
-    """Train for `steps` batches (cycling the loader) in the pipeline's training precision (bfloat16 autocast
-    where the CPU computes it natively, as the train stage does); returns images per second and seconds."""
-    config = params.train.model_copy(update={"epochs": max(1, -(-steps // len(loader)))})
-    optimizer = engine.build_optimizer(model, config)
-    scheduler = engine.build_scheduler(optimizer, config, len(loader))
-    loss_fn, seen, done = build_loss(config), 0, 0
-    model.train()
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    start = time.perf_counter()
-    epoch = 0
-    while done < steps:
-        epoch += 1
-        engine.seed_epoch(params.seed, epoch, loader)
-        for images, masks in loader:
-            if config.channels_last:
+class TimedTraining:
+    """One model's training in the pipeline's way (its optimizer, schedule, loss, and training precision:
+    bfloat16 autocast where the CPU computes it natively, as the train stage does), advanced a chunk of steps
+    at a time so two models' chunks can alternate: a change in the machine's speed during the run (another
+    tenant, the clock) then slows both alike instead of biasing the ratio."""
+
+    def __init__(self, model, loader, params, steps: int):
+        config = params.train.model_copy(update={"epochs": max(1, -(-steps // len(loader)))})
+        self.model, self.loader, self.seed, self.channels_last = model, loader, params.seed, config.channels_last
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = engine.build_optimizer(model, config)
+        self.scheduler = engine.build_scheduler(self.optimizer, config, len(loader))
+        self.loss_fn = build_loss(config)
+        self.precision = engine.training_precision(CPU, config.mixed_precision)
+        self.batches = self._batches()
+        self.images = self.steps = 0
+        self.seconds = 0.0
+
+    def _batches(self):
+        epoch = 0
+        while True:
+            epoch += 1
+            engine.seed_epoch(self.seed, epoch, self.loader)
+            yield from self.loader
+
+    def advance(self, steps: int) -> None:
+        self.model.train()
+        start = time.perf_counter()
+        for _ in range(steps):
+            images, masks = next(self.batches)  # augmentation is timed too, as in the train stage
+            if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with engine.autocast(CPU, engine.training_precision(CPU, config.mixed_precision)):
-                logits = model(images)
-            loss = loss_fn(logits, masks)
-            optimizer.zero_grad(set_to_none=True)
+            with engine.autocast(CPU, self.precision):
+                logits = self.model(images)
+            loss = self.loss_fn(logits, masks)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            scheduler.step()
-            seen += len(images)
-            done += 1
-            if done == steps:
-                break
-    seconds = time.perf_counter() - start
-    return seen / seconds, seconds
+            self.optimizer.step()
+            self.scheduler.step()
+            self.images += len(images)
+            self.steps += 1
+        self.seconds += time.perf_counter() - start
+
+
+def train_alternating(runs: list[TimedTraining], steps: int, chunk: int) -> None:
+    """Train every run for `steps` steps in alternating chunks, the order of the runs swapped each round."""
+    while runs[0].steps < steps:
+        for run in runs:
+            run.advance(min(chunk, steps - run.steps))
+        runs = runs[::-1]
 
 
 def inference_rate(run_model, size: int, count: int) -> float:
@@ -84,6 +105,7 @@ def cpu_peaks_gflops(cores: int) -> tuple[float, float | None, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300, help="training batches for each model")
+    parser.add_argument("--chunk", type=int, default=50, help="steps of one model before the other's turn")
     parser.add_argument("--inference-images", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -94,22 +116,26 @@ def main() -> None:
     sources = [REPO / s for s in params.prepare.sources]
     manifest, _ = data.collect_records(sources, skip_bad=False)
     manifest["split"] = data.assign_splits(manifest, params.prepare.split.model_dump(), params.seed)
-    train = data.XrayDataset(*data.load_arrays(manifest[manifest["split"] == "train"], size),
-                             build_augmentations(params.augment))
+    train_arrays = data.load_arrays(manifest[manifest["split"] == "train"], size)
     test = manifest[manifest["split"] == "test"]
     print(f"encoder {encoder} (no pretrained weights), {size}x{size}, batch {batch}, {args.steps} steps each, "
-          f"{len(train)} training images, {len(test)} test images, {args.threads} threads, training in "
+          f"{len(train_arrays[0])} training images, {len(test)} test images, {args.threads} threads, training in "
           f"{engine.training_precision(CPU, params.train.mixed_precision)}")
 
     torch.manual_seed(params.seed)
     ours = build_model(params.model, in_channels=1)
     torch.manual_seed(params.seed)
     peer = smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=1, classes=1)
-    results = {}
-    for name, model in (("lungseg", ours), ("smp.Unet", peer)):
-        loader = data.build_loader(train, batch, True, params.seed, 0)
-        ips, seconds = train_steps(model, loader, params, args.steps)
-        results[name] = {"train_ips": ips, "train_seconds": seconds}
+    # Each model has its own dataset object, so its augmentation draws do not depend on the other's.
+    runs = {
+        name: TimedTraining(model, data.build_loader(data.XrayDataset(*train_arrays, build_augmentations(
+            params.augment)), batch, True, params.seed, 0), params, args.steps)
+        for name, model in (("lungseg", ours), ("smp.Unet", peer))
+    }
+    train_alternating(list(runs.values()), args.steps, args.chunk)
+    results = {name: {"train_ips": run.images / run.seconds, "train_seconds": run.seconds}
+               for name, run in runs.items()}
+    for model in (ours, peer):
         model.eval()
 
     with tempfile.TemporaryDirectory() as tmp:
