@@ -1,13 +1,13 @@
 """lungseg side by side with segmentation_models.pytorch's Unet: same encoder (no pretrained weights), same
-data, image size, batch, optimizer, schedule, loss and number of steps, in one run (the two models' training
-alternates in chunks of steps, so a drift in the machine's speed affects both alike).
+data, image size, batch, optimizer, schedule, loss and number of steps, in one run: both train through the
+train stage's own epoch function, taking turns epoch by epoch, so a drift in the machine's speed affects both alike.
 
 Prints training images/s of each and their ratio; CPU inference images/s on 2 threads for lungseg's ONNX
 Runtime path and the peer's PyTorch eager path and their ratio; test Dice of each at 512x512 after the same
 training budget; and lungseg's achieved inference GFLOP/s against this CPU's peak (cores x AVX2 FMA).
 
-    .venv/bin/pip install segmentation-models-pytorch   # benchmark-only dependency
-    .venv/bin/python benchmarks/peer_smp.py --steps 300
+    .venv/bin/pip install -e ".[bench]"   # segmentation-models-pytorch, a benchmark-only dependency
+    .venv/bin/python benchmarks/peer_smp.py              # the default's epochs; --epochs 1 for a quick look
 """
 import argparse
 import os
@@ -31,57 +31,34 @@ REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
 
-class TimedTraining:
-    """One model's training in the pipeline's way (its optimizer, schedule, loss, and training precision:
-    bfloat16 autocast where the CPU computes it natively, as the train stage does), advanced a chunk of steps
-    at a time so two models' chunks can alternate: a change in the machine's speed during the run (another
-    tenant, the clock) then slows both alike instead of biasing the ratio."""
-
-    def __init__(self, model, loader, params, steps: int):
-        config = params.train.model_copy(update={"epochs": max(1, -(-steps // len(loader)))})
-        self.model, self.loader, self.seed, self.channels_last = model, loader, params.seed, config.channels_last
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        self.optimizer = engine.build_optimizer(model, config)
-        self.scheduler = engine.build_scheduler(self.optimizer, config, len(loader))
-        self.loss_fn = build_loss(config)
-        self.precision = engine.training_precision(CPU, config.mixed_precision)
-        self.batches = self._batches()
-        self.images = self.steps = 0
-        self.seconds = 0.0
-
-    def _batches(self):
-        epoch = 0
-        while True:
-            epoch += 1
-            engine.seed_epoch(self.seed, epoch, self.loader)
-            yield from self.loader
-
-    def advance(self, steps: int) -> None:
-        self.model.train()
-        start = time.perf_counter()
-        for _ in range(steps):
-            images, masks = next(self.batches)  # augmentation is timed too, as in the train stage
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with engine.autocast(CPU, self.precision):
-                logits = self.model(images)
-            loss = self.loss_fn(logits, masks)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
-            self.images += len(images)
-            self.steps += 1
-        self.seconds += time.perf_counter() - start
-
-
-def train_alternating(runs: list[TimedTraining], steps: int, chunk: int) -> None:
-    """Train every run for `steps` steps in alternating chunks, the order of the runs swapped each round."""
-    while runs[0].steps < steps:
-        for run in runs:
-            run.advance(min(chunk, steps - run.steps))
-        runs = runs[::-1]
+def train_alternating(models: dict, train_arrays, params, epochs: int) -> dict[str, dict[str, float]]:
+    """Train each model for `epochs` epochs with the train stage's own epoch function (its optimizer, schedule,
+    loss, and training precision: bfloat16 autocast where the CPU computes it natively), the models taking
+    turns epoch by epoch, the order swapped each epoch: a change in the machine's speed during the run
+    (another tenant, the clock) then slows both alike instead of biasing the ratio. Each model has its own
+    dataset object, so its augmentation draws do not depend on the other's. Returns images/s and seconds."""
+    config = params.train.model_copy(update={"epochs": epochs})
+    precision, loss_fn = engine.training_precision(CPU, config.mixed_precision), build_loss(config)
+    runs = {}
+    for name, model in models.items():
+        dataset = data.XrayDataset(*train_arrays, build_augmentations(params.augment))
+        loader = data.build_loader(dataset, config.batch_size, True, params.seed, 0)
+        if config.channels_last:
+            model.to(memory_format=torch.channels_last)
+        optimizer = engine.build_optimizer(model, config)
+        runs[name] = (model, loader, optimizer, engine.build_scheduler(optimizer, config, len(loader)))
+    seconds = dict.fromkeys(models, 0.0)
+    names = list(models)
+    for epoch in range(1, epochs + 1):
+        for name in names if epoch % 2 else names[::-1]:
+            model, loader, optimizer, scheduler = runs[name]
+            engine.seed_epoch(params.seed, epoch, loader)
+            start = time.perf_counter()
+            engine.train_one_epoch(model, loader, loss_fn, optimizer, scheduler, CPU, precision,
+                                   config.channels_last, description=f"{name} {epoch}/{epochs}")
+            seconds[name] += time.perf_counter() - start
+    images = epochs * len(train_arrays[0])
+    return {name: {"train_ips": images / seconds[name], "train_seconds": seconds[name]} for name in models}
 
 
 def inference_rate(run_model, size: int, count: int) -> float:
@@ -104,21 +81,21 @@ def cpu_peaks_gflops(cores: int) -> tuple[float, float | None, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300, help="training batches for each model")
-    parser.add_argument("--chunk", type=int, default=50, help="steps of one model before the other's turn")
+    parser.add_argument("--epochs", type=int, help="training epochs of each model (default: train.epochs)")
     parser.add_argument("--inference-images", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
     params = load_params(REPO / "params.yaml")
     size, batch, encoder = params.train.image_size, params.train.batch_size, params.model.encoder
+    epochs = args.epochs or params.train.epochs
     torch.set_num_threads(args.threads)
     sources = [REPO / s for s in params.prepare.sources]
     manifest, _ = data.collect_records(sources, skip_bad=False)
     manifest["split"] = data.assign_splits(manifest, params.prepare.split.model_dump(), params.seed)
     train_arrays = data.load_arrays(manifest[manifest["split"] == "train"], size)
     test = manifest[manifest["split"] == "test"]
-    print(f"encoder {encoder} (no pretrained weights), {size}x{size}, batch {batch}, {args.steps} steps each, "
+    print(f"encoder {encoder} (no pretrained weights), {size}x{size}, batch {batch}, {epochs} epochs each, "
           f"{len(train_arrays[0])} training images, {len(test)} test images, {args.threads} threads, training in "
           f"{engine.training_precision(CPU, params.train.mixed_precision)}")
 
@@ -126,15 +103,7 @@ def main() -> None:
     ours = build_model(params.model, in_channels=1)
     torch.manual_seed(params.seed)
     peer = smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=1, classes=1)
-    # Each model has its own dataset object, so its augmentation draws do not depend on the other's.
-    runs = {
-        name: TimedTraining(model, data.build_loader(data.XrayDataset(*train_arrays, build_augmentations(
-            params.augment)), batch, True, params.seed, 0), params, args.steps)
-        for name, model in (("lungseg", ours), ("smp.Unet", peer))
-    }
-    train_alternating(list(runs.values()), args.steps, args.chunk)
-    results = {name: {"train_ips": run.images / run.seconds, "train_seconds": run.seconds}
-               for name, run in runs.items()}
+    results = train_alternating({"lungseg": ours, "smp.Unet": peer}, train_arrays, params, epochs)
     for model in (ours, peer):
         model.eval()
 
