@@ -10,7 +10,6 @@ training budget; and lungseg's achieved inference GFLOP/s against this CPU's pea
     .venv/bin/python benchmarks/peer_smp.py              # the default's epochs; --epochs 1 for a quick look
 """
 import argparse
-import os
 import re
 import tempfile
 import time
@@ -21,7 +20,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from lungseg import data, engine, evaluation, export, imaging
+from lungseg import data, engine, evaluation, export
 from lungseg.augment import build_augmentations
 from lungseg.config import load_params
 from lungseg.losses import build_loss
