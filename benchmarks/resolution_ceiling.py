@@ -8,9 +8,10 @@ import argparse
 
 import numpy as np
 
-from lungseg import imaging
-from lungseg.io import read_manifest, read_mask
+from lungseg.data import read_mask
 from lungseg.metrics import iou_dice
+from lungseg.runtime import imaging
+from lungseg.tables import read_manifest
 
 
 def main() -> None:

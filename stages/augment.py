@@ -2,7 +2,8 @@
 import argparse
 import sys
 
-from lungseg import augment, data, figures, io, stage
+from lungseg import augment, data, figures, stage, tables
+from lungseg.runtime import files
 from lungseg.config import load_params
 
 PREVIEW_SIZE = 256
@@ -20,13 +21,13 @@ def main() -> None:
     pipeline = augment.build_augmentations(params.augment)
     augment.save_pipeline(pipeline, args.pipeline)
 
-    manifest = io.read_manifest(args.manifest)
-    sample = manifest[manifest["split"] == "train"].head(params.augment.preview_count)
+    manifest = tables.read_manifest(args.manifest)
+    sample = tables.split_rows(manifest, "train").head(params.augment.preview_count)
     images, masks = data.load_arrays(sample, PREVIEW_SIZE)
     preview = figures.augmentation_preview(
         images, masks, augment.load_pipeline(args.pipeline), params.augment.preview_count, params.seed
     )
-    io.write_png(args.preview, preview)
+    files.write_png(args.preview, preview)
 
 
 if __name__ == "__main__":

@@ -1,62 +1,41 @@
-"""Stage export: best checkpoint -> ONNX, checked against PyTorch with ONNX Runtime, with its model card."""
+"""Stage export: best checkpoint -> ONNX with its model card inside, checked against PyTorch, registered in MLflow."""
 import argparse
 import os
 import sys
 from pathlib import Path
 
-import mlflow
-import numpy as np
-import onnx
-from mlflow.models import infer_signature
-
-from lungseg import engine, export, imaging, io, stage, tracking
+from lungseg import checkpoint, data, evaluation, export, stage, tables, tracking
 from lungseg.config import load_params
-from lungseg.model import model_from_checkpoint
+from lungseg.runtime import files
+from lungseg.runtime.decode import read_grayscale
+from lungseg.runtime.model_file import card_path_for
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--manifest", required=True)
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--test-metrics", required=True)
-    parser.add_argument("--onnx", required=True)
-    parser.add_argument("--metrics", required=True)
+    for name in ("params", "manifest", "checkpoint", "test-metrics", "onnx", "metrics"):
+        parser.add_argument(f"--{name}", type=Path, required=True)
     args = parser.parse_args()
 
     params = load_params(args.params)
-    config = params.export
-    checkpoint = engine.load_checkpoint(args.checkpoint)
-    trained = checkpoint["config"]
-    image_size, in_channels = trained["train"]["image_size"], checkpoint["in_channels"]
-    model = model_from_checkpoint(checkpoint)
-    export.export_onnx(model, args.onnx, image_size, in_channels, config.opset)
-
-    manifest = io.read_manifest(args.manifest)
-    test = manifest[manifest["split"] == "test"].head(config.parity_images)
-    images = [io.read_grayscale(path) for path in test["image_path"]]
-    session = export.create_session(args.onnx)
-    result = export.parity(
-        session, model, images, image_size, params.evaluate.threshold, params.evaluate.postprocess
-    )
-    io.write_json(args.metrics, result)
-    export.check_parity(result, config.max_logit_diff, config.min_mask_agreement)
-
-    train_fractions = manifest.loc[manifest["split"] == "train", "lung_fraction"]
+    trained = checkpoint.load(args.checkpoint)
+    inference = evaluation.checkpoint_inference(trained, params.evaluate.threshold, params.evaluate.postprocess, 8)
+    manifest = tables.read_manifest(args.manifest)
     card = export.model_card(
-        image_size, in_channels, params.evaluate.threshold, params.evaluate.postprocess, trained,
-        io.read_json(args.test_metrics), tracking.git_commit(Path.cwd()), trained["model"]["input_mean"],
-        trained["model"]["input_std"], (float(train_fractions.min()), float(train_fractions.max())),
-    )
-    io.write_json(export.card_path_for(args.onnx), card)
+        inference, trained.in_channels, trained.params.model.input_mean, trained.params.model.input_std,
+        data.lung_fraction_range(tables.split_rows(manifest, "train")), data.source_licences(manifest),
+        trained.params.model_dump(mode="json"), files.read_json(args.test_metrics),
+        tracking.git_commit(Path.cwd()), trained.weights_sha256(), trained.mlflow_run_id)
+    export.write_model(args.onnx, export.with_card(export.export_graph(
+        trained.build_model(), inference.image_size, trained.in_channels, params.export.opset), card))
+    files.write_json(card_path_for(args.onnx), card)
 
-    tracking_uri = tracking.resolve_tracking_uri(os.environ, Path.cwd())
-    with tracking.open_run(tracking_uri, run_id=checkpoint["mlflow_run_id"]):
-        tracking.log_metrics(result)
-        example = imaging.to_model_input(np.stack([imaging.resize_image(images[0], image_size)]))
-        signature = infer_signature(example, export.onnx_runner(session)(example)[:, None])
-        mlflow.onnx.log_model(onnx.load(args.onnx), name="model", signature=signature)
-        mlflow.log_dict(card, "model.card.json")
+    parity_rows = tables.split_rows(manifest, "test").head(params.export.parity_images)
+    result = export.parity(args.onnx, inference, [read_grayscale(path) for path in parity_rows["image_path"]])
+    files.write_json(args.metrics, result)
+    export.check_parity(result, params.export.max_logit_diff, params.export.min_mask_agreement)
+    tracking.add_exported_model(tracking.resolve_tracking_uri(os.environ, Path.cwd()), trained.mlflow_run_id, result,
+                                args.onnx, card, os.environ)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from lungseg import data, io, stage
+from lungseg import data, stage, tables
+from lungseg.runtime import files
 from lungseg.config import load_params
 
 
@@ -20,9 +21,9 @@ def main() -> None:
         [Path(s) for s in params.prepare.sources], skip_bad=params.prepare.on_bad_pair == "skip"
     )
     records["split"] = data.assign_splits(records, params.prepare.split.model_dump(), params.seed)
-    io.write_manifest(args.manifest, records)
-    Path(args.problems).write_text("".join(f"{p}\n" for p in problems))
-    io.write_json(args.metrics, {**data.split_counts(records), "skipped_pairs": len(problems)})
+    tables.write_manifest(args.manifest, records)
+    files.write_text(args.problems, "".join(f"{problem}\n" for problem in problems))
+    files.write_json(args.metrics, {**data.split_counts(records), "skipped_pairs": len(problems)})
     if problems:
         print(f"prepare: skipped {len(problems)} bad pairs, listed in {args.problems}", file=sys.stderr)
 

@@ -90,7 +90,8 @@ def make_tiny_repo(root: Path, pairs_per_label: int = 4) -> Path:
 
 @pytest.fixture
 def real_xray() -> tuple[np.ndarray, np.ndarray]:
-    from lungseg.io import read_grayscale, read_mask
+    from lungseg.data import read_mask
+    from lungseg.runtime.decode import read_grayscale
 
     name = "MCUCXR_0001_0"
     return (read_grayscale(SOURCES / "montgomery" / "images" / f"{name}.png"),
@@ -98,6 +99,7 @@ def real_xray() -> tuple[np.ndarray, np.ndarray]:
 
 
 TINY_SIZE = 64
+TINY_INTENSITY = "none"
 
 
 @pytest.fixture(scope="session")
@@ -110,18 +112,38 @@ def tiny_model():
 
     torch.manual_seed(0)
     config = ModelConfig(encoder="resnet18", decoder_channels=(16, 16, 8, 8, 8), batch_norm=True,
-                         input_mean=0.5, input_std=0.25)
+                         intensity=TINY_INTENSITY, input_mean=0.5, input_std=0.25)
     return build_model(config, in_channels=1).eval()
+
+
+def tiny_inference(model):
+    from lungseg.evaluation import Inference
+    from lungseg.model import torch_runner
+
+    return Inference(torch_runner(model), TINY_SIZE, TINY_INTENSITY, threshold=0.5, postprocess=True, batch_size=8)
+
+
+def tiny_card(model, **changes) -> dict:
+    from lungseg import export
+
+    card = export.model_card(tiny_inference(model), 1, 0.5, 0.25, (0.08, 0.44),
+                             [{"source": "shenzhen", "licence": "CC BY-NC-SA 4.0 (masks)"}],
+                             {"train": {"image_size": TINY_SIZE}}, {"test/dice": 0.0}, "0" * 40, "f" * 64)
+    return deep_update(card, changes)
+
+
+def export_tiny(model, path: Path, card: dict) -> Path:
+    """`model` as ONNX with `card` inside and its readable copy beside it, as the export stage writes them."""
+    from lungseg import export
+    from lungseg.runtime import files
+    from lungseg.runtime.model_file import card_path_for
+
+    export.write_model(path, export.with_card(export.export_graph(model, TINY_SIZE, 1, opset=18), card))
+    files.write_json(card_path_for(path), card)
+    return path
 
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory, tiny_model):
-    """tiny_model exported to ONNX with its model card; returns the .onnx path."""
-    from lungseg import export, io
-
-    path = tmp_path_factory.mktemp("model") / "model.onnx"
-    export.export_onnx(tiny_model, path, TINY_SIZE, in_channels=1, opset=18)
-    card = export.model_card(TINY_SIZE, 1, 0.5, True, {"train": {"image_size": TINY_SIZE}}, {"test/dice": 0.0},
-                             "0" * 40, 0.5, 0.25, (0.08, 0.44))
-    io.write_json(export.card_path_for(path), card)
-    return path
+    """tiny_model exported to ONNX with its model card inside; returns the .onnx path."""
+    return export_tiny(tiny_model, tmp_path_factory.mktemp("model") / "model.onnx", tiny_card(tiny_model))

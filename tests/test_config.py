@@ -64,3 +64,26 @@ def test_unreadable_params_file_names_the_file(tmp_path):
 
 def test_flatten_uses_dotted_names():
     assert flatten({"train": {"epochs": 3, "x": {"y": None}}}) == {"train.epochs": 3, "train.x.y": None}
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("train", "learning_rate", float("inf"), "finite number"),
+    ("model", "input_mean", float("nan"), "finite number"),
+    ("model", "input_std", float("inf"), "finite number"),
+    ("train", "weight_decay", float("inf"), "finite number"),
+    ("train", "epochs", True, "valid integer"),
+    ("train", "learning_rate", True, "not true/false"),
+    ("train", "image_size", 224.0, "valid integer"),
+])
+def test_non_finite_and_mistyped_numbers_are_refused_by_name(section, key, value, message):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw[section][key] = value
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}: .*{message}"):
+        parse_params(raw)
+
+
+def test_a_seed_beyond_32_bits_is_refused_before_any_stage_runs():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["seed"] = 2**70
+    with pytest.raises(ConfigError, match="seed: Input should be less than or equal to"):
+        parse_params(raw)

@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lungseg.data import DataError, assign_splits, collect_records, find_pairs, label_from_name, split_counts
-from lungseg.io import ImageReadError, read_grayscale, read_mask
+from lungseg.data import DataError, assign_splits, collect_records, find_pairs, label_from_name, read_mask, split_counts
+from lungseg.runtime.decode import ImageReadError, read_grayscale
 from conftest import SOURCES, copy_pairs, real_pair_names
 
 FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}

@@ -1,42 +1,15 @@
 """DICOM input: small files built with pydicom from a shipped X-ray must decode like the PNG and give the
 same mask through `lungseg predict`."""
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from lungseg.cli import main
-from lungseg.dicom import read_dicom
-from lungseg.io import ImageReadError
-
-DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
-
-
-def make_dicom(path, stored: np.ndarray, bits: int, photometric: str = "MONOCHROME2", window=None,
-               voi_lut=None, pixels: bool = True):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DX_STORAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = DX_STORAGE, meta.MediaStorageSOPInstanceUID, "DX"
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    if voi_lut is not None:
-        item = Dataset()
-        item.add_new(0x00283002, "US", [len(voi_lut), 0, 8])  # LUT Descriptor: entries, first value, bits
-        item.add_new(0x00283006, "US", [int(v) for v in voi_lut])  # LUT Data
-        ds.VOILUTSequence = [item]
-    if pixels:
-        ds.PixelData = stored.astype("<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
+from lungseg.runtime.decode import ImageReadError, NotAnImage
+from lungseg.runtime.decode import read_xray
+from lungseg.runtime.dicom import read_dicom
+from dicom_files import SYNTAXES, dicomdir, encode, make_dicom, structured_report
 
 @pytest.fixture
 def xray(real_xray):
@@ -60,19 +33,19 @@ def cases(folder, image):
 
 def test_every_variant_decodes_like_the_png(tmp_path, xray):
     for name, path in cases(tmp_path, xray).items():
-        gray = read_dicom(path)
+        gray = read_dicom(path).pixels
         assert gray.shape == xray.shape, name
         assert np.abs(gray.astype(int) - xray.astype(int)).max() <= 1, name
 
 
 def test_no_voi_uses_the_image_range(tmp_path, xray):
     stored = xray.astype(np.uint16) * 16 + 100
-    gray = read_dicom(make_dicom(tmp_path / "plain.dcm", stored, 12))
+    gray = read_dicom(make_dicom(tmp_path / "plain.dcm", stored, 12)).pixels
     assert gray.min() == 0 and gray.max() == 255
 
 
 def test_bad_dicoms_are_refused_by_name(tmp_path, xray):
-    with pytest.raises(ImageReadError, match="no pixel data"):
+    with pytest.raises(NotAnImage, match="without pixel data"):
         read_dicom(make_dicom(tmp_path / "empty.dcm", xray.astype(np.uint16), 8, pixels=False))
     with pytest.raises(ImageReadError, match="photometric interpretation 'PALETTE COLOR'"):
         read_dicom(make_dicom(tmp_path / "palette.dcm", xray.astype(np.uint16), 8, photometric="PALETTE COLOR"))
@@ -86,13 +59,74 @@ def test_predict_on_dicom_matches_the_png_path(tiny_onnx, tmp_path, xray, capsys
     folder.mkdir()
     Image.fromarray(xray).save(folder / "reference.png")
     cases(folder, xray)
-    make_dicom(folder / "broken.dcm", xray.astype(np.uint16), 8, pixels=False)
+    make_dicom(folder / "no_pixels.dcm", xray.astype(np.uint16), 8, pixels=False)
+    broken = make_dicom(folder / "broken.dcm", xray.astype(np.uint16), 8)
+    broken.write_bytes(broken.read_bytes()[:-1000])  # pixel data cut short
     out = tmp_path / "out"
-    assert main(["predict", str(folder), str(folder / "no_extension"), "--model", str(tiny_onnx),
-                 "--output", str(out), "--quiet"]) == 1
-    assert "broken.dcm: DICOM file has no pixel data" in capsys.readouterr().err
+    assert main(["predict", str(folder), "--model", str(tiny_onnx), "--output", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "broken.dcm: cannot decode DICOM pixel data" in err
+    assert "no_pixels.dcm: skipped, DICOM object without pixel data" in err
     reference = np.asarray(Image.open(out / "reference.png"))
     for name in ("mono2_16bit", "mono2_12bit_window", "mono1_12bit_window", "mono2_12bit_voilut", "no_extension"):
         mask = np.asarray(Image.open(out / f"{name}.png"))
         assert mask.shape == xray.shape and set(np.unique(mask)) <= {0, 255}
         assert (mask == reference).mean() > 0.995, name
+
+
+@pytest.mark.parametrize("syntax", list(SYNTAXES), ids=[pydicom.uid.UID(s).name for s in SYNTAXES])
+def test_every_transfer_syntax_decodes_to_the_source_pixels(tmp_path, xray, syntax):
+    path = encode(tmp_path / "x.dcm", xray, syntax)
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == syntax
+    decoded = read_xray(path)
+    assert decoded.pixels.shape == xray.shape
+    error = np.abs(decoded.pixels.astype(int) - xray.astype(int))
+    tolerance = SYNTAXES[syntax][1]
+    assert error.mean() <= max(tolerance, 0.5) and (tolerance or error.max() <= 1), (error.mean(), error.max())
+
+
+@pytest.mark.parametrize("case, change, message", [
+    ("window width 0", {"window": (2047.5, 0)}, "window width 0.* is invalid"),
+    ("VOI LUT without data", {"voi_lut": []}, "VOI LUT"),
+])
+def test_malformed_grey_level_transforms_fail_this_file_only(tmp_path, xray, case, change, message):
+    path = make_dicom(tmp_path / "bad.dcm", xray.astype(np.uint16) * 16, 12, **change)
+    with pytest.raises(ImageReadError, match=f"bad.dcm: .*{message}"):
+        read_xray(path)
+
+
+def test_a_short_modality_lut_and_odd_pixel_data_are_named_errors(tmp_path, xray):
+    lut = pydicom.Dataset()
+    lut.add_new(0x00283002, "US", [4096, 0, 12])  # LUT Descriptor: 4096 entries ...
+    lut.add_new(0x00283006, "US", [1, 2, 3])  # ... but only three in LUT Data
+    lut.ModalityLUTType = "US"
+    path = make_dicom(tmp_path / "short_lut.dcm", xray.astype(np.uint16) * 16, 12, ModalityLUTSequence=[lut])
+    with pytest.raises(ImageReadError, match="short_lut.dcm"):
+        read_xray(path)
+    odd = make_dicom(tmp_path / "odd.dcm", xray.astype(np.uint16), 12)
+    data = odd.read_bytes()
+    header = data.rindex(b"\xe0\x7f\x10\x00OW\x00\x00")  # (7FE0,0010) OW, then its 4-byte length
+    length = int.from_bytes(data[header + 8 : header + 12], "little")
+    odd.write_bytes(data[: header + 8] + (length - 1).to_bytes(4, "little") + data[header + 12 : -1])
+    with pytest.raises(ImageReadError, match="odd.dcm"):
+        read_xray(odd)
+
+
+def test_the_pixel_limit_is_checked_from_the_header_before_decoding(tmp_path, xray, monkeypatch):
+    path = make_dicom(tmp_path / "huge.dcm", xray.astype(np.uint16), 12)
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.Columns = 10000, 10000  # the header claims 100 megapixels; the data is small
+    ds.save_as(path)
+    with pytest.raises(ImageReadError, match="huge.dcm: refused, 100,000,000 pixels is over the limit"):
+        read_xray(path)
+
+
+def test_objects_without_an_image_are_skipped_not_failed(tmp_path, xray):
+    with pytest.raises(NotAnImage, match="a structured report"):
+        read_xray(structured_report(tmp_path / "report.dcm"))
+    image = make_dicom(tmp_path / "image.dcm", xray.astype(np.uint16), 12, StudyDate="20260101",
+                       StudyTime="120000", StudyID="1", SeriesNumber=1, InstanceNumber=1, PatientID="P1",
+                       PatientName="Test")
+    index = dicomdir(tmp_path / "media", image)
+    with pytest.raises(NotAnImage, match="a DICOMDIR"):
+        read_xray(index)

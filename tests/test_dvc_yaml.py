@@ -11,17 +11,26 @@ DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 
 
+def module_path(name: str):
+    """'runtime.imaging' -> src/lungseg/runtime/imaging.py"""
+    return (REPO / "src" / "lungseg" / name.replace(".", "/")).with_suffix(".py")
+
+
 def lungseg_imports(path) -> set[str]:
-    """Names of lungseg modules imported by a file: `from lungseg import x`, `from lungseg.x import y`."""
+    """Dotted names (below lungseg) of the lungseg modules a file imports, anywhere in it (lazy imports too):
+    `from lungseg import x`, `from lungseg.runtime import y`, `from lungseg.x import name`, `import lungseg.x`."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "lungseg":
-            if node.module == "lungseg":
-                found.update(alias.name for alias in node.names)
-            else:
-                found.add(node.module.split(".")[1])
+            package = node.module.split(".")[1:]
+            for alias in node.names:
+                candidate = ".".join(package + [alias.name])
+                if module_path(candidate).is_file():
+                    found.add(candidate)
+                elif package:
+                    found.add(".".join(package))
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("lungseg."))
+            found.update(a.name[len("lungseg."):] for a in node.names if a.name.startswith("lungseg."))
     return found
 
 
@@ -31,7 +40,7 @@ def closure(script) -> set[str]:
         module = todo.pop()
         if module not in seen:
             seen.add(module)
-            todo.extend(lungseg_imports(REPO / "src" / "lungseg" / f"{module}.py"))
+            todo.extend(lungseg_imports(module_path(module)))
     return seen
 
 
@@ -40,8 +49,8 @@ def test_stage_deps_are_the_modules_it_imports(name):
     stage = DVC["stages"][name]
     script = REPO / "stages" / f"{name}.py"
     assert f"stages/{name}.py" in stage["deps"]
-    assert f"stages/{name}.py" in stage["cmd"]
-    listed = {d[len("src/lungseg/"):-3] for d in stage["deps"] if d.startswith("src/lungseg/")}
+    assert f"stages/{name}.py" in stage["cmd"] and stage["cmd"].startswith("sh stages/run ")
+    listed = {d[len("src/lungseg/"):-3].replace("/", ".") for d in stage["deps"] if d.startswith("src/lungseg/")}
     assert listed == closure(script)
 
 

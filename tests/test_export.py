@@ -1,13 +1,19 @@
+"""ONNX export: a checked graph with a dynamic batch, parity with PyTorch, and the card inside the file."""
+import json
+
 import onnx
 import pytest
 
-from lungseg import export, io
-from conftest import SOURCES, TINY_SIZE, real_pair_names
+from lungseg import export
+from lungseg.runtime import files
+from lungseg.runtime.decode import read_grayscale
+from lungseg.runtime.model_file import CARD_FORMAT, CARD_KEY, INPUT_NAME, card_path_for, load_model
+from conftest import SOURCES, TINY_SIZE, real_pair_names, tiny_inference
 
 
 def real_images(count: int):
     names = real_pair_names("shenzhen", count)
-    return [io.read_grayscale(SOURCES / "shenzhen" / "images" / f"{n}.png") for n in names]
+    return [read_grayscale(SOURCES / "shenzhen" / "images" / f"{n}.png") for n in names]
 
 
 def test_onnx_file_passes_the_checker_with_a_dynamic_batch(tiny_onnx):
@@ -19,8 +25,7 @@ def test_onnx_file_passes_the_checker_with_a_dynamic_batch(tiny_onnx):
 
 
 def test_onnx_runtime_matches_pytorch_on_real_images(tiny_onnx, tiny_model):
-    session = export.create_session(tiny_onnx)
-    result = export.parity(session, tiny_model, real_images(2), TINY_SIZE, threshold=0.5, postprocess=True)
+    result = export.parity(tiny_onnx, tiny_inference(tiny_model), real_images(2))
     assert result["export/max_logit_diff"] < 1e-3
     assert result["export/mask_agreement"] > 0.9999
     export.check_parity(result, max_logit_diff=1e-3, min_mask_agreement=0.9999)
@@ -33,13 +38,27 @@ def test_parity_check_fails_beyond_tolerance():
         export.check_parity({"export/max_logit_diff": 0.0, "export/mask_agreement": 0.99}, 1e-3, 0.9999)
 
 
+def test_the_card_travels_inside_the_onnx_file_and_beside_it(tiny_onnx):
+    props = {p.key: p.value for p in onnx.load(str(tiny_onnx)).metadata_props}
+    inside = json.loads(props[CARD_KEY])
+    assert inside == files.read_json(card_path_for(tiny_onnx))  # the sidecar is the same card, for people
+    assert load_model(tiny_onnx).card == inside
+
+
 def test_model_card_has_every_field(tiny_onnx):
-    card = io.read_json(export.card_path_for(tiny_onnx))
-    assert set(card) >= {"input", "output", "training_params", "test_metrics", "code_version"}
-    assert set(card["input"]) >= {"name", "shape", "dtype", "value_range", "normalisation", "preprocessing", "resize"}
-    assert card["input"]["name"] == export.INPUT_NAME and card["input"]["dtype"] == "float32"
+    card = load_model(tiny_onnx).card
+    assert card["format"] == CARD_FORMAT
+    assert set(card) >= {"intended_use", "input", "output", "training_data", "training_params", "test_metrics",
+                         "code_version"}
+    assert "not for clinical use" in card["intended_use"]
+    assert set(card["input"]) >= {"name", "shape", "dtype", "value_range", "normalisation", "preprocessing", "resize",
+                                  "intensity"}
+    assert card["input"]["name"] == INPUT_NAME and card["input"]["dtype"] == "float32"
     assert card["input"]["shape"][1:] == [1, TINY_SIZE, TINY_SIZE]
     assert set(card["output"]) >= {"name", "meaning", "threshold", "postprocess", "postprocessing"}
     assert 0 < card["output"]["threshold"] < 1
     assert set(card["input"]["normalisation"]) >= {"mean", "std"}
-    assert len(card["code_version"]["git_commit"]) == 40
+    assert card["training_data"]["sources"][0]["licence"].startswith("CC BY-NC-SA")
+    provenance = card["code_version"]
+    assert len(provenance["git_commit"]) == 40 and len(provenance["weights_sha256"]) == 64
+    assert {"torch", "onnx", "onnxruntime", "lungseg", "python"} <= set(provenance["exported_with"])

@@ -7,7 +7,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from lungseg import io
+from lungseg.runtime import files
 from conftest import BIN, SOURCES, make_tiny_repo, pipeline_environment, run
 
 pytestmark = pytest.mark.e2e
@@ -47,16 +47,16 @@ def test_repro_writes_every_output_and_is_then_up_to_date(repo):
 
 def test_metrics_and_artifacts_are_self_describing(repo):
     root, _ = repo
-    data = io.read_json(root / "metrics/data.json")
+    data = files.read_json(root / "metrics/data.json")
     assert data["total"] == 16 and data["train"]["total"] + data["val"]["total"] + data["test"]["total"] == 16
-    test = io.read_json(root / "metrics/test.json")
+    test = files.read_json(root / "metrics/test.json")
     assert 0 <= test["test/dice"] <= 1 and test["test/images"] == 4
     assert {"test/montgomery/dice", "test/shenzhen/dice", "test/dice_worst5pct", "test/dice_min"} <= set(test)
     checkpoint = torch.load(root / "models/best.pt", weights_only=True)
     assert {"model", "optimizer", "epoch", "config"} <= set(checkpoint)
-    card = io.read_json(root / "models/model.card.json")
+    card = files.read_json(root / "models/model.card.json")
     assert card["test_metrics"]["test/dice"] == test["test/dice"]
-    export = io.read_json(root / "metrics/export.json")
+    export = files.read_json(root / "metrics/export.json")
     assert export["export/max_logit_diff"] < 1e-3 and export["export/mask_agreement"] > 0.9999
     metrics = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], root).stdout)
     assert "metrics/test.json" in json.dumps(metrics)

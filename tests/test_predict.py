@@ -24,8 +24,13 @@ def inputs(tmp_path, real_xray):
     return folder
 
 
+def masks_in(folder):
+    return [p for p in folder.glob("*.png") if not p.stem.endswith(("_labels", "_overlay", "_probability"))]
+
+
 def sizes(folder):
-    return {p.stem: Image.open(p).size for p in folder.iterdir() if p.suffix != ".csv"}
+    return {p.stem: Image.open(p).size for p in folder.iterdir() if p.suffix in (".png", ".jpg")
+            and not p.stem.endswith(("_labels", "_overlay", "_probability"))}
 
 
 def test_one_binary_mask_per_input_with_the_input_size(tiny_onnx, inputs, tmp_path, capsys):
@@ -33,7 +38,7 @@ def test_one_binary_mask_per_input_with_the_input_size(tiny_onnx, inputs, tmp_pa
     assert main(["predict", str(inputs), "--model", str(tiny_onnx), "--output", str(out), "--quiet"]) == 0
     expected = sizes(inputs)
     assert sizes(out) == expected
-    for path in out.glob("*.png"):
+    for path in masks_in(out):
         mask = np.asarray(Image.open(path))
         assert Image.open(path).mode == "L"
         assert set(np.unique(mask)) <= {0, 255}
@@ -54,7 +59,7 @@ def test_a_corrupt_file_is_reported_and_the_others_still_written(tiny_onnx, inpu
     out = tmp_path / "out"
     code = main(["predict", str(inputs), "--model", str(tiny_onnx), "--output", str(out), "--quiet"])
     assert code == 1
-    assert len(list(out.glob("*.png"))) == 7
+    assert len(masks_in(out)) == 7
     report = pd.read_csv(out / "report.csv")
     assert len(report) == 9 and report["status"].str.startswith("error").sum() == 2
     captured = capsys.readouterr()
@@ -64,8 +69,8 @@ def test_a_corrupt_file_is_reported_and_the_others_still_written(tiny_onnx, inpu
 
 def test_missing_model_is_a_clear_error(tmp_path, inputs, capsys):
     code = main(["predict", str(inputs), "--model", str(tmp_path / "none.onnx"), "--output", str(tmp_path / "o")])
-    assert code == 2
-    assert "none.onnx" in capsys.readouterr().err
+    assert code == 3
+    assert "none.onnx: model file not found" in capsys.readouterr().err
 
 
 def test_two_inputs_with_the_same_stem_do_not_overwrite_each_other(tiny_onnx, inputs, tmp_path, capsys):
@@ -105,7 +110,7 @@ def test_cuda_device_without_the_cuda_provider_fails_clearly(tiny_onnx, inputs, 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     code = main(["predict", str(inputs), "--model", str(tiny_onnx), "--output", str(tmp_path / "o"),
                  "--device", "cuda"])
-    assert code == 2
+    assert code == 3
     assert "no CUDA provider" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from lungseg import io
+from lungseg.runtime import files
 from conftest import BIN, make_tiny_repo, pipeline_environment, run
 
 pytestmark = pytest.mark.e2e
@@ -78,10 +78,11 @@ def test_interrupted_training_resumes_and_matches_an_uninterrupted_run(repo, sig
     (root / "models" / "train_state.pt").unlink(missing_ok=True)
     interrupt_training(root, env, sig)
     done_before = completed_epochs(root)
-    output = run([str(BIN / "dvc"), "repro", "train"], root, env).stdout
+    result = run([str(BIN / "dvc"), "repro", "train"], root, env)
+    output = result.stdout + result.stderr
     assert f"resuming after epoch {done_before} of {EPOCHS}" in output
-    resumed = io.read_json(root / "metrics" / "train.json")
-    assert resumed["epochs"] == EPOCHS
+    resumed = files.read_json(root / "metrics" / "train.json")
+    assert resumed["run/epochs"] == EPOCHS
 
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     run_id = torch.load(root / "models" / "best.pt", weights_only=True)["mlflow_run_id"]
@@ -89,19 +90,19 @@ def test_interrupted_training_resumes_and_matches_an_uninterrupted_run(repo, sig
     assert sorted(set(steps)) == list(range(1, EPOCHS + 1))  # one run, every epoch logged
 
     run([str(BIN / "dvc"), "repro", "--force", "train"], root, env)  # a finished state is never resumed
-    uninterrupted = io.read_json(root / "metrics" / "train.json")
-    assert uninterrupted["epochs"] == EPOCHS
-    assert abs(resumed["val/dice"] - uninterrupted["val/dice"]) <= RESUME_TOLERANCE
-    assert resumed["best_epoch"] == uninterrupted["best_epoch"]
+    uninterrupted = files.read_json(root / "metrics" / "train.json")
+    assert uninterrupted["run/epochs"] == EPOCHS
+    assert abs(resumed["best/val/dice"] - uninterrupted["best/val/dice"]) <= RESUME_TOLERANCE
+    assert resumed["best/epoch"] == uninterrupted["best/epoch"]
 
 
 def test_a_corrupt_training_state_is_not_trusted(repo):
     root, env = repo
     (root / "models").mkdir(exist_ok=True)
     (root / "models" / "train_state.pt").write_bytes(b"half a checkpoint")
-    output = run([str(BIN / "dvc"), "repro", "--force", "train"], root, env).stdout
-    assert "resuming" not in output
-    assert io.read_json(root / "metrics" / "train.json")["epochs"] == EPOCHS
+    result = run([str(BIN / "dvc"), "repro", "--force", "train"], root, env)
+    assert "resuming" not in result.stdout + result.stderr
+    assert files.read_json(root / "metrics" / "train.json")["run/epochs"] == EPOCHS
 
 
 def test_unreachable_tracking_server_stops_training_before_it_starts(repo):
@@ -127,6 +128,6 @@ def test_two_runs_from_scratch_give_the_same_split_and_test_dice(tmp_path):
         root = make_tiny_repo(tmp_path / name)
         run([str(BIN / "dvc"), "repro"], root, pipeline_environment())
         manifest = (root / "data" / "prepared" / "manifest.csv").read_text().replace(str(root), "")
-        results.append((manifest, io.read_json(root / "metrics" / "test.json")["test/dice"]))
+        results.append((manifest, files.read_json(root / "metrics" / "test.json")["test/dice"]))
     assert results[0][0] == results[1][0]
     assert abs(results[0][1] - results[1][1]) <= 0.002

@@ -1,55 +1,94 @@
-"""The `lungseg` command: `predict` and `serve` run the exported model; `ui` opens the MLflow UI;
-`tracking-server` starts and stops a team MLflow server on PostgreSQL."""
+"""The `lungseg` command.
+
+`predict` and `serve` run an exported model and import only the runtime (no torch, DVC or MLflow unless the
+model is named by an MLflow URI); `promote` sets a registry alias; `ui` and `tracking-server` are for the
+training side.
+
+Exit codes: 0 all went well; 1 some inputs failed (each named on stderr and in report.csv); 2 usage errors
+(argparse); 3 an unusable model or output location (nothing was done).
+"""
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
+import logging
 import sys
-from pathlib import Path
 
-DEFAULT_MODEL = Path("models/model.onnx")
+from lungseg import __version__
+from lungseg.errors import UserError
+from lungseg.runtime import limits
+from lungseg.runtime.model_file import DEFAULT_MODEL_PATH
+
+EXIT_OK, EXIT_INPUTS_FAILED, EXIT_USAGE, EXIT_UNUSABLE = 0, 1, 2, 3
+
+
+def _error(message: object) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+def _load(args: argparse.Namespace):
+    """The model named by --model (a path, or an MLflow models:/ or runs:/ URI), loaded and checked."""
+    from lungseg.runtime import registry
+    from lungseg.runtime.model_file import load_model
+    from lungseg.runtime.predict import Segmenter
+
+    return Segmenter(load_model(registry.local_model_path(args.model), device=args.device, threads=args.threads))
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from lungseg.errors import UserError
-    from lungseg.predict import Segmenter, collect_inputs, predict_files
+    from lungseg.runtime.predict import Options, plan, predict_files
 
+    options = Options(overlay=args.overlay, probabilities=args.probabilities, seg=args.seg,
+                      patient_fields=args.patient_fields)
     try:
-        segmenter = Segmenter(args.model, device=args.device, threads=args.threads)
-    except (FileNotFoundError, UserError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    files, missing = collect_inputs(args.inputs)
-    summary = predict_files(segmenter, files, args.output, overlay=args.overlay, probabilities=args.probabilities,
-                            show_progress=not args.quiet)
+        segmenter = _load(args)
+        jobs, missing = plan(args.inputs, args.output, options.extras())
+    except UserError as err:
+        _error(err)
+        return EXIT_UNUSABLE
+    summary = predict_files(segmenter, jobs, args.output, options, show_progress=not args.quiet)
     summary.failed[:0] = missing
     for problem in summary.failed:
-        print(f"error: {problem}", file=sys.stderr)
+        _error(problem)
+    for reason in summary.skipped:
+        print(f"skipped: {reason}", file=sys.stderr)
     print(summary.line())
-    return 1 if summary.failed or not summary.written else 0
+    if summary.stopped:
+        _error(f"stopped: {summary.stopped}")
+        return EXIT_UNUSABLE
+    if not jobs and not missing:
+        _error("no input files found")
+        return EXIT_INPUTS_FAILED
+    return EXIT_INPUTS_FAILED if summary.failed else EXIT_OK
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from lungseg.errors import UserError
-    from lungseg.serve import serve
+    from lungseg.runtime.serve import serve
 
     try:
-        serve(args.model, args.host, args.port, args.device, args.threads, args.max_bytes)
-    except (FileNotFoundError, UserError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        segmenter = _load(args)
+    except UserError as err:
+        _error(err)
+        return EXIT_UNUSABLE
+    serve(segmenter, args.host, args.port, args.max_bytes)
+    return EXIT_OK
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from lungseg.runtime import registry
+
+    try:
+        registry.promote(args.version, args.alias, args.name)
+    except UserError as err:
+        _error(err)
+        return EXIT_UNUSABLE
+    print(f"models:/{args.name}@{args.alias} -> version {args.version}")
+    return EXIT_OK
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from lungseg.tracking import resolve_tracking_uri
+    from lungseg import tracking
 
-    uri = resolve_tracking_uri(os.environ, Path.cwd())
-    print(f"MLflow UI for {uri} on http://{args.host}:{args.port}")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-               "--host", args.host, "--port", str(args.port)]
-    return subprocess.call(command)
+    return tracking.run_ui(args.host, args.port)
 
 
 def _tracking_server(args: argparse.Namespace) -> int:
@@ -67,38 +106,57 @@ def _tracking_server(args: argparse.Namespace) -> int:
         else:
             report = tracking_server.status(args.dir)
             print(" ".join(f"{key}={value}" for key, value in report.items()))
-            return 0 if report["mlflow"] and report["postgres"] else 1
-    except tracking_server.TrackingServerError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+            return EXIT_OK if report["mlflow"] and report["postgres"] else EXIT_INPUTS_FAILED
+    except UserError as err:
+        _error(err)
+        return EXIT_UNUSABLE
+    return EXIT_OK
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=str(DEFAULT_MODEL_PATH),
+                        help="an exported .onnx file, or an MLflow model URI: models:/lungseg@champion, "
+                             "models:/lungseg/3, runs:/<run id>/model (needs lungseg[mlflow])")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto: CUDA when onnxruntime-gpu can use it, else CPU; cuda: fail rather than fall back")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lungseg", description="Lung segmentation on chest X-rays.")
+    parser = argparse.ArgumentParser(prog="lungseg", description="Lung segmentation on chest X-rays.",
+                                     epilog="exit codes: 0 ok, 1 some inputs failed, 2 usage error, "
+                                            "3 unusable model or output location")
+    parser.add_argument("--version", action="version", version=f"lungseg {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    predict = commands.add_parser("predict", help="segment the lungs in image files with the exported ONNX model")
-    predict.add_argument("inputs", nargs="+", help="image files (PNG/JPEG, 8/16-bit, gray or RGB) or folders")
-    predict.add_argument("--model", default=str(DEFAULT_MODEL), help="ONNX model; its .card.json must sit beside it")
-    predict.add_argument("--output", required=True, help="folder for the masks: <input stem>.png, 0 or 255")
-    predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                         help="auto: CUDA when onnxruntime-gpu can use it, else CPU; cuda: fail rather than fall back")
-    predict.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
-    predict.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png: the lung outline")
+    predict = commands.add_parser("predict", help="segment the lungs in X-ray files with an exported model")
+    predict.add_argument("inputs", nargs="+",
+                         help="files or folders (walked recursively): PNG, JPEG, TIFF, DICOM (found by content)")
+    predict.add_argument("--output", required=True,
+                         help="folder for the results; mirrors the inputs' sub-folders; not an input folder")
+    _add_model_options(predict)
+    predict.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png: the lung outlines")
     predict.add_argument("--probabilities", action="store_true",
-                         help="also write <stem>_probability.png: 16-bit, value / 65535 = lung probability")
+                         help="also write <name>_probability.png: 16-bit, value / 65535 = lung probability")
+    predict.add_argument("--seg", action="store_true",
+                         help="also write <name>.seg.dcm, a DICOM Segmentation, for DICOM inputs (lungseg[dicom])")
+    predict.add_argument("--patient-fields", action="store_true",
+                         help="copy PatientID, PatientName and AccessionNumber into report.csv (off by default)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(handler=_predict)
 
-    serve = commands.add_parser("serve", help="serve the ONNX model over HTTP (POST /segment, GET /health)")
-    serve.add_argument("--model", default=str(DEFAULT_MODEL))
+    serve = commands.add_parser("serve", help="serve the model over HTTP: a review page at /, POST /segment")
+    _add_model_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    serve.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
-    serve.add_argument("--max-bytes", type=int, default=32 * 1024 * 1024, help="largest accepted request body")
+    serve.add_argument("--max-bytes", type=int, default=limits.MAX_REQUEST_BYTES, help="largest request body")
     serve.set_defaults(handler=_serve)
+
+    promote = commands.add_parser("promote", help="point a registry alias at a version of the registered model")
+    promote.add_argument("version", help="model version number, e.g. 3")
+    promote.add_argument("alias", help="alias to set, e.g. champion")
+    promote.add_argument("--name", default="lungseg", help="registered model name")
+    promote.set_defaults(handler=_promote)
 
     ui = commands.add_parser("ui", help="open the MLflow UI on this repository's runs (or MLFLOW_TRACKING_URI)")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
@@ -118,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     return args.handler(args)
 
 

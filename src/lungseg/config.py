@@ -1,19 +1,31 @@
 """params.yaml -> typed, validated configuration.
 
 Every section is a strict pydantic model: an unknown key or a bad value is rejected with a message that
-names the key, so a typo in params.yaml fails before any long work starts.
+names the key, so a typo in params.yaml fails before any long work starts. Numbers must be finite (no .inf or
+.nan), integers must be integers (`epochs: true` is refused), and true/false is not a number.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError, field_validator, \
+    model_validator
 
+from lungseg.encoders import ENCODER_CHANNELS
 from lungseg.errors import UserError
 
-ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101")
+MAX_SEED = 2**31 - 1  # numpy's and albumentations' generators take 32-bit seeds; epochs are added to it
+
+
+def _not_bool(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true/false")
+    return value
+
+
+Real = Annotated[float, BeforeValidator(_not_bool)]
 
 
 class ConfigError(UserError, ValueError):
@@ -21,15 +33,15 @@ class ConfigError(UserError, ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SplitConfig(_Strict):
     """Fractions of each (source, label) stratum that go to each split."""
 
-    train: float = Field(gt=0, lt=1)
-    val: float = Field(gt=0, lt=1)
-    test: float = Field(gt=0, lt=1)
+    train: Real = Field(gt=0, lt=1)
+    val: Real = Field(gt=0, lt=1)
+    test: Real = Field(gt=0, lt=1)
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> "SplitConfig":
@@ -46,17 +58,17 @@ class PrepareConfig(_Strict):
 
 
 class AugmentConfig(_Strict):
-    rotate_limit: float = Field(ge=0, le=45)
-    scale_limit: float = Field(ge=0, lt=1)
-    shift_limit: float = Field(ge=0, lt=0.5)
-    affine_p: float = Field(ge=0, le=1)
-    brightness_limit: float = Field(ge=0, lt=1)
-    contrast_limit: float = Field(ge=0, lt=1)
-    brightness_contrast_p: float = Field(ge=0, le=1)
-    gamma_limit: tuple[float, float]
-    gamma_p: float = Field(ge=0, le=1)
-    horizontal_flip_p: float = Field(ge=0, le=1)
-    preview_count: int = Field(ge=1, le=64)
+    rotate_limit: Real = Field(ge=0, le=45)
+    scale_limit: Real = Field(ge=0, lt=1)
+    shift_limit: Real = Field(ge=0, lt=0.5)
+    affine_p: Real = Field(ge=0, le=1)
+    brightness_limit: Real = Field(ge=0, lt=1)
+    contrast_limit: Real = Field(ge=0, lt=1)
+    brightness_contrast_p: Real = Field(ge=0, le=1)
+    gamma_limit: tuple[Real, Real]
+    gamma_p: Real = Field(ge=0, le=1)
+    horizontal_flip_p: Real = Field(ge=0, le=1)
+    preview_count: StrictInt = Field(ge=1, le=64)
 
     @field_validator("gamma_limit")
     @classmethod
@@ -68,12 +80,13 @@ class AugmentConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    encoder: Literal[ENCODERS]  # type: ignore[valid-type]
+    encoder: Literal[tuple(ENCODER_CHANNELS)]  # type: ignore[valid-type]
     encoder_weights: str | None = None
-    decoder_channels: tuple[int, int, int, int, int]
+    decoder_channels: tuple[StrictInt, StrictInt, StrictInt, StrictInt, StrictInt]
     batch_norm: bool
-    input_mean: float
-    input_std: float = Field(gt=0)
+    intensity: Literal["none", "equalize_histogram"] = "none"
+    input_mean: Real
+    input_std: Real = Field(gt=0)
 
     @field_validator("decoder_channels")
     @classmethod
@@ -84,20 +97,20 @@ class ModelConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    image_size: int = Field(ge=64)
-    epochs: int = Field(gt=0)
-    batch_size: int = Field(gt=0)
+    image_size: StrictInt = Field(ge=64)
+    epochs: StrictInt = Field(gt=0)
+    batch_size: StrictInt = Field(gt=0)
     optimizer: Literal["adam", "adamw", "sgd"]
-    learning_rate: float = Field(gt=0)
-    weight_decay: float = Field(ge=0)
+    learning_rate: Real = Field(gt=0)
+    weight_decay: Real = Field(ge=0)
     scheduler: Literal["constant", "cosine", "onecycle"]
-    dice_weight: float = Field(ge=0)
+    dice_weight: Real = Field(ge=0)
     device: Literal["auto", "cpu", "cuda"]
     mixed_precision: bool
     channels_last: bool
-    num_threads: int = Field(ge=0)
-    num_workers: int = Field(ge=0)
-    nproc: int = Field(ge=1)
+    num_threads: StrictInt = Field(ge=0)
+    num_workers: Literal["auto"] | Annotated[StrictInt, Field(ge=0)]
+    nproc: StrictInt = Field(ge=1)
 
     @field_validator("image_size")
     @classmethod
@@ -116,28 +129,33 @@ class TrainConfig(_Strict):
 
 
 class EvaluateConfig(_Strict):
-    threshold: float = Field(gt=0, lt=1)
+    threshold: Real = Field(gt=0, lt=1)
     postprocess: bool
-    batch_size: int = Field(gt=0)
+    batch_size: StrictInt = Field(gt=0)
 
 
 class ExportConfig(_Strict):
-    opset: int = Field(ge=13)
-    parity_images: int = Field(gt=0)
-    max_logit_diff: float = Field(gt=0)
-    min_mask_agreement: float = Field(gt=0, le=1)
+    opset: StrictInt = Field(ge=13)
+    parity_images: StrictInt = Field(gt=0)
+    max_logit_diff: Real = Field(gt=0)
+    min_mask_agreement: Real = Field(gt=0, le=1)
+
+
+class RobustnessConfig(_Strict):
+    max_images: StrictInt = Field(ge=0)  # test images scored under every perturbation; 0 = the whole split
 
 
 class Params(_Strict):
     """The whole of params.yaml."""
 
-    seed: int = Field(ge=0)
+    seed: StrictInt = Field(ge=0, le=MAX_SEED)
     prepare: PrepareConfig
     augment: AugmentConfig
     model: ModelConfig
     train: TrainConfig
     evaluate: EvaluateConfig
     export: ExportConfig
+    robustness: RobustnessConfig
 
 
 def parse_params(raw: dict, source: str = "params") -> Params:

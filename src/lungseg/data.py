@@ -1,6 +1,7 @@
 """Finding and validating image/mask pairs, the stratified split, and the training Dataset."""
 from __future__ import annotations
 
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,13 +9,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lungseg import imaging
 from lungseg.errors import UserError
-from lungseg.io import IMAGE_SUFFIXES, ImageReadError, read_grayscale, read_mask
+from lungseg.runtime import imaging
+from lungseg.runtime.decode import ImageReadError, read_grayscale
 
 LABELS = {"0": "normal", "1": "tb"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # X-rays in a source folder; masks are always lossless PNG
 SPLITS = ("train", "val", "test")
 
 
@@ -30,6 +33,18 @@ class Pair:
     mask_path: Path
 
 
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a binary lung mask as bool (H, W); fails unless the file holds exactly two levels (or all background)."""
+    path = Path(path)
+    values = read_grayscale(path)
+    levels = np.unique(values)
+    if len(levels) > 2:
+        raise ImageReadError(f"{path}: mask is not binary ({len(levels)} distinct values, expected 2)")
+    if len(levels) == 2 and levels[0] != 0:
+        raise ImageReadError(f"{path}: mask background must be 0, found levels {levels.tolist()}")
+    return values > 0
+
+
 def label_from_name(name: str) -> str:
     """'CHNCXR_0001_0' -> 'normal', '..._1' -> 'tb'; names without the suffix are 'unlabelled'."""
     suffix = name.rsplit("_", 1)[-1] if "_" in name else ""
@@ -37,11 +52,18 @@ def label_from_name(name: str) -> str:
 
 
 def _images_by_stem(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+    """Image files by name without suffix; two files of one name (a.png and a.jpg) are refused by name."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            if path.stem in found:
+                raise DataError(f"{path}: {found[path.stem].name} has the same name; keep one of the two")
+            found[path.stem] = path
+    return found
 
 
 def find_pairs(source_dirs: list[Path]) -> tuple[list[Pair], list[str]]:
-    """Match images/<name>.png with masks/<name>.png in every source folder.
+    """Match images/<name>.png|.jpg|.jpeg with masks/<name>.png in every source folder.
 
     Returns the pairs and the problems found (an image without mask or a mask without image).
     A missing or empty source folder, or a name used by two sources, is raised at once.
@@ -146,6 +168,30 @@ def split_counts(manifest: pd.DataFrame) -> dict:
     return counts
 
 
+def lung_fraction_range(rows: pd.DataFrame) -> tuple[float, float]:
+    """The smallest and largest share of lung in the rows' masks (the model card's plausibility range)."""
+    return float(rows["lung_fraction"].min()), float(rows["lung_fraction"].max())
+
+
+def source_description(folder: Path) -> dict:
+    """A source folder's SOURCE.md front matter (between '---' lines): name, licence, citation, ...;
+    {"licence": "not stated"} when the folder has none."""
+    described = {"source": folder.name}
+    text = (folder / "SOURCE.md").read_text() if (folder / "SOURCE.md").is_file() else ""
+    if text.startswith("---\n") and "\n---" in text[4:]:
+        front = yaml.safe_load(text[4 : text.index("\n---", 4)])
+        if isinstance(front, dict):
+            described.update({str(k): v for k, v in front.items()})
+    described.setdefault("licence", "not stated (no front matter in SOURCE.md)")
+    return described
+
+
+def source_licences(manifest: pd.DataFrame) -> list[dict]:
+    """The description of every source folder the manifest's pairs come from."""
+    folders = sorted({Path(path).parent.parent for path in manifest["image_path"]})
+    return [source_description(folder) for folder in folders]
+
+
 def load_arrays(manifest: pd.DataFrame, image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Read the rows' pairs resized to the model: images (N, S, S) uint8 and soft masks (N, S, S) uint8."""
     images = np.empty((len(manifest), image_size, image_size), dtype=np.uint8)
@@ -157,13 +203,14 @@ def load_arrays(manifest: pd.DataFrame, image_size: int) -> tuple[np.ndarray, np
 
 
 class XrayDataset(Dataset):
-    """In-memory X-rays with an optional albumentations transform.
+    """In-memory X-rays with an optional albumentations transform, then the model's intensity normalisation
+    (after augmentation, as deployment normalises whatever grey levels a film arrives with).
 
     Items are (image (1, S, S) float32 in 0..1, mask (1, S, S) float32 lung fraction in 0..1).
     """
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, transform=None):
-        self.images, self.masks, self.transform = images, masks, transform
+    def __init__(self, images: np.ndarray, masks: np.ndarray, intensity: str, transform=None):
+        self.images, self.masks, self.intensity, self.transform = images, masks, intensity, transform
 
     def __len__(self) -> int:
         return len(self.images)
@@ -173,6 +220,7 @@ class XrayDataset(Dataset):
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
+        image = imaging.normalise_intensity(np.ascontiguousarray(image), self.intensity)
         image = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0)[None]
         mask = torch.from_numpy(np.ascontiguousarray(mask)).float().div_(255.0)[None]
         return image, mask
@@ -186,10 +234,21 @@ def _seed_worker_transform(worker_id: int) -> None:
         transform.set_random_seed(info.seed % 2**32)
 
 
+def worker_count(setting: int | str, device_type: str, cores: int | None = None) -> int:
+    """train.num_workers: a number, or 'auto': none on a CPU (the cores train), one per spare core on a GPU
+    host (augmentation in worker processes keeps the GPU fed), at most 8."""
+    if setting != "auto":
+        return int(setting)
+    cores = cores or len(os.sched_getaffinity(0))
+    return 0 if device_type == "cpu" else max(1, min(8, cores - 1))
+
+
 def build_loader(
-    dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int, sampler: Sampler | None = None
+    dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int, sampler: Sampler | None = None,
+    pin_memory: bool = False,
 ) -> DataLoader:
-    """Batches of `dataset`; a given sampler (e.g. distributed) decides the order instead of `shuffle`."""
+    """Batches of `dataset`; a given sampler (e.g. distributed) decides the order instead of `shuffle`. Worker
+    processes live for the whole run (persistent), and pinned memory lets copies to a GPU overlap compute."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -197,6 +256,8 @@ def build_loader(
         sampler=sampler,
         drop_last=False,
         num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),
         worker_init_fn=_seed_worker_transform if num_workers > 0 else None,
     )

@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import os
+import logging
 import random
-import tempfile
 import time
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -17,10 +14,17 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from lungseg import distributed
+from lungseg import checkpoint, distributed
 from lungseg.config import TrainConfig
 from lungseg.distributed import Processes
+from lungseg.errors import UserError
 from lungseg.metrics import SegmentationScores, iou_dice
+
+log = logging.getLogger(__name__)
+
+
+class DeviceUnavailableError(UserError, RuntimeError):
+    """train.device asks for a device this machine does not have."""
 
 
 def seed_everything(seed: int) -> None:
@@ -34,7 +38,7 @@ def select_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+        raise DeviceUnavailableError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)
 
 
@@ -88,10 +92,11 @@ def _to_device(batch: torch.Tensor, device: torch.device, channels_last: bool) -
     return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
 
 
-def _reduce_epoch(loss_sum: float, seen: int, scores: SegmentationScores) -> tuple[dict[str, float], int]:
-    """Loss per image and dataset-level IoU / Dice over every process's images, and the images counted."""
+def _reduce_epoch(loss_sum: torch.Tensor, seen: int, scores: SegmentationScores) -> tuple[dict[str, float], int]:
+    """Loss per image and dataset-level IoU / Dice over every process's images, and the images counted. The
+    first and only host-device synchronisation of the epoch happens here."""
     totals = distributed.sum_across(torch.tensor(
-        [loss_sum, seen, *scores.per_image_counts.sum(0)], dtype=torch.float64
+        [loss_sum.item(), seen, *scores.per_image_counts.sum(0)], dtype=torch.float64
     )).tolist()
     iou, dice = iou_dice(np.array(totals[2:]))
     return {"loss": totals[0] / totals[1], "iou": float(iou), "dice": float(dice)}, int(totals[1])
@@ -109,14 +114,15 @@ def train_one_epoch(
     description: str = "train",
 ) -> dict[str, float]:
     """One pass over the loader; returns loss (mean per image), IoU, Dice and images per second, over the
-    images of every process when distributed."""
+    images of every process when distributed. Loss and counts stay on the device until the epoch ends, so a
+    GPU is never made to wait for the host inside the loop."""
     model.train()
-    scores, loss_sum, seen = SegmentationScores(), 0.0, 0
+    scores, loss_sum, seen = SegmentationScores(), torch.zeros((), dtype=torch.float64, device=device), 0
     start = time.perf_counter()
     with tqdm(total=len(loader.sampler), desc=description, unit="img", leave=False, mininterval=2.0,
               disable=not distributed.is_main_process()) as bar:
         for images, masks in loader:
-            images, masks = _to_device(images, device, channels_last), masks.to(device)
+            images, masks = _to_device(images, device, channels_last), masks.to(device, non_blocking=True)
             with autocast(device, precision):
                 logits = model(images)  # (B, 1, S, S)
             loss = loss_fn(logits, masks)
@@ -125,10 +131,9 @@ def train_one_epoch(
             optimizer.step()
             scheduler.step()
             scores.update(logits.detach() > 0, masks > 0.5)
-            loss_sum += loss.item() * len(images)
+            loss_sum += loss.detach().double() * len(images)
             seen += len(images)
             bar.update(len(images))
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
     result, seen_everywhere = _reduce_epoch(loss_sum, seen, scores)
     return {**result, "images_per_second": seen_everywhere / (time.perf_counter() - start)}
 
@@ -145,45 +150,15 @@ def validate(
     """Loss, IoU and Dice over the whole loader at the model's resolution (counts summed, then reduced);
     distributed, each process validates its shard and the counts are summed across processes."""
     model.eval()
-    scores, loss_sum, seen = SegmentationScores(), 0.0, 0
+    scores, loss_sum, seen = SegmentationScores(), torch.zeros((), dtype=torch.float64, device=device), 0
     for images, masks in loader:
-        images, masks = _to_device(images, device, channels_last), masks.to(device)
+        images, masks = _to_device(images, device, channels_last), masks.to(device, non_blocking=True)
         with autocast(device, precision):
             logits = model(images)
-        loss_sum += loss_fn(logits, masks).item() * len(images)
+        loss_sum += loss_fn(logits, masks).detach().double() * len(images)
         seen += len(images)
         scores.update(logits > 0, masks > 0.5)
     return _reduce_epoch(loss_sum, seen, scores)[0]
-
-
-def torch_runner(model: nn.Module, device: torch.device | str = "cpu") -> Callable[[np.ndarray], np.ndarray]:
-    """Wrap a PyTorch model as run_model for imaging.segment: (N, C, S, S) float32 -> (N, S, S) logits."""
-    model = model.eval().to(device)
-
-    @torch.no_grad()
-    def run(inputs: np.ndarray) -> np.ndarray:
-        return model(torch.from_numpy(inputs).to(device)).float()[:, 0].cpu().numpy()
-
-    return run
-
-
-def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
-    """Write then rename, so an interrupted write never leaves a corrupt checkpoint in place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        torch.save(checkpoint, tmp)
-    os.replace(tmp.name, path)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint with weights_only=True: a file holding arbitrary pickled objects is refused."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: checkpoint not found; run `dvc repro train` first") from None
-    except Exception as err:  # torch raises UnpicklingError or RuntimeError for unsafe or corrupt files
-        raise ValueError(f"{path}: refused to load checkpoint (not a plain weights file, or corrupt): {err}") from None
 
 
 # Spaces the augmentation seeds of different processes far apart, so no two processes make the same draws.
@@ -202,124 +177,73 @@ def seed_epoch(seed: int, epoch: int, loader: DataLoader, rank: int = 0) -> None
         transform.set_random_seed(seed + epoch + RANK_SEED_STRIDE * rank)
 
 
-def fingerprint(config: dict, files: list[str | Path]) -> str:
-    """What a training state belongs to: the params and the input files' contents."""
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    for path in files:
-        digest.update(Path(path).read_bytes())
-    return digest.hexdigest()
+@dataclass
+class Training:
+    """What a training run works with besides its data: the model (DDP-wrapped when distributed), loss,
+    optimizer, schedule, device and precision, the train config and seed, and this process's place."""
+
+    model: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    precision: str
+    config: TrainConfig
+    seed: int
+    processes: Processes = Processes()
 
 
-def load_resumable_state(path: str | Path, expected_fingerprint: str) -> dict | None:
-    """The state of an interrupted run of the same params and inputs, or None to start afresh."""
-    if not Path(path).is_file():
-        return None
-    try:
-        state = load_checkpoint(path)
-    except ValueError:
-        return None  # unreadable state is never trusted; training starts over
-    if state.get("fingerprint") != expected_fingerprint or state.get("completed"):
-        return None
-    return state
+def _restore(training: Training, resume: dict) -> tuple[list[dict], float]:
+    distributed.unwrap_model(training.model).load_state_dict(resume["model"])
+    training.optimizer.load_state_dict(resume["optimizer"])
+    training.scheduler.load_state_dict(resume["scheduler"])
+    return list(resume["history"]), resume["best_dice"]
 
 
-def fit(
-    model: nn.Module,
-    train_loader: DataLoader,
-    val_loader: DataLoader,
-    loss_fn: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    device: torch.device,
-    config: TrainConfig,
-    seed: int,
-    checkpoint_path: str | Path,
-    state_path: str | Path,
-    checkpoint_extra: dict,
-    on_epoch_end: Callable[[dict], None],
-    resume: dict | None = None,
-    processes: Processes = Processes(),
-) -> list[dict]:
+def fit(training: Training, train_loader: DataLoader, val_loader: DataLoader,
+        destinations: checkpoint.Destinations, on_epoch_end: Callable[[dict], None],
+        resume: dict | None = None) -> list[dict]:
     """Train for config.epochs, or what is left of them when `resume` holds an interrupted run's state.
 
-    After each epoch: the best checkpoint by val/dice (earliest on ties) goes to checkpoint_path, the state to
-    continue from (weights, optimizer, schedule, history) to state_path, both written atomically, then
-    on_epoch_end(row) is called. Rows use the shared metric names: epoch, train/loss, train/iou, train/dice,
-    val/loss, val/iou, val/dice, lr, seconds. Distributed, `model` is the DDP-wrapped model, every process
-    computes the same (reduced) rows, and only the main process writes files and calls on_epoch_end.
+    After each epoch: the best checkpoint by val/dice (earliest on ties) and the state to continue from are
+    written (checkpoint.save_epoch), then on_epoch_end(row) is called. Rows use the shared metric names: epoch,
+    train/loss, train/iou, train/dice, train/images_per_second, val/loss, val/iou, val/dice, lr, seconds.
+    Distributed, every process computes the same (reduced) rows; only the main process writes and reports.
     """
-    history: list[dict] = []
-    best_dice = -1.0
-    plain_model = distributed.unwrap_model(model)
-    if resume is not None:
-        plain_model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        history, best_dice = list(resume["history"]), resume["best_dice"]
-        if processes.is_main:
-            tqdm.write(f"resuming after epoch {len(history)} of {config.epochs} (best val dice {best_dice:.4f})")
-    precision = training_precision(device, config.mixed_precision)
+    config, processes = training.config, training.processes
+    history, best_dice = _restore(training, resume) if resume else ([], -1.0)
+    if resume and processes.is_main:
+        log.info("resuming after epoch %d of %d (best val dice %.4f)", len(history), config.epochs, best_dice)
     for epoch in range(len(history) + 1, config.epochs + 1):
         start = time.perf_counter()
-        seed_epoch(seed, epoch, train_loader, processes.rank)
-        train = train_one_epoch(
-            model, train_loader, loss_fn, optimizer, scheduler, device,
-            precision, config.channels_last, description=f"epoch {epoch}/{config.epochs}",
-        )
-        val = validate(model, val_loader, loss_fn, device, precision, config.channels_last)
-        row = {
-            "epoch": epoch,
-            **{f"train/{k}": v for k, v in train.items()},
-            **{f"val/{k}": v for k, v in val.items()},
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - start,
-        }
+        seed_epoch(training.seed, epoch, train_loader, processes.rank)
+        train = train_one_epoch(training.model, train_loader, training.loss_fn, training.optimizer,
+                                training.scheduler, training.device, training.precision, config.channels_last,
+                                description=f"epoch {epoch}/{config.epochs}")
+        val = validate(training.model, val_loader, training.loss_fn, training.device, training.precision,
+                       config.channels_last)
+        row = {"epoch": epoch, **{f"train/{k}": v for k, v in train.items()},
+               **{f"val/{k}": v for k, v in val.items()},
+               "lr": training.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
         history.append(row)
         is_best = val["dice"] > best_dice  # the same decision in every process: val is reduced across them
-        if is_best:
-            best_dice = val["dice"]
+        best_dice = max(best_dice, val["dice"])
         if processes.is_main:
-            _save_epoch(plain_model, optimizer, scheduler, row, history, best_dice, is_best, config.epochs,
-                        checkpoint_path, state_path, checkpoint_extra)
-            tqdm.write(
-                f"epoch {epoch}/{config.epochs}  train loss {train['loss']:.4f} dice {train['dice']:.4f}  "
-                f"val loss {val['loss']:.4f} dice {val['dice']:.4f} iou {val['iou']:.4f}  "
-                f"{train['images_per_second']:.1f} img/s  {row['seconds']:.0f}s{'  *best' if is_best else ''}"
-            )
+            checkpoint.save_epoch(distributed.unwrap_model(training.model), training.optimizer,
+                                  training.scheduler, row, history, best_dice, is_best, config.epochs, destinations)
+            log.info("epoch %d/%d  train loss %.4f dice %.4f  val loss %.4f dice %.4f iou %.4f  %.1f img/s  %.0fs%s",
+                     epoch, config.epochs, train["loss"], train["dice"], val["loss"], val["dice"], val["iou"],
+                     train["images_per_second"], row["seconds"], "  *best" if is_best else "")
             on_epoch_end(row)
     return history
 
 
-def _save_epoch(
-    model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-    row: dict, history: list[dict], best_dice: float, is_best: bool, epochs: int,
-    checkpoint_path: str | Path, state_path: str | Path, checkpoint_extra: dict,
-) -> None:
-    """The best checkpoint when this epoch is the best so far, and the state to resume from."""
-    if is_best:
-        save_checkpoint(checkpoint_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": row["epoch"],
-            "metrics": row, **checkpoint_extra,
-        })
-    if row["epoch"] < epochs:
-        save_checkpoint(state_path, {
-            "fingerprint": checkpoint_extra["fingerprint"], "completed": False,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "history": history, "best_dice": best_dice,
-            "mlflow_run_id": checkpoint_extra.get("mlflow_run_id"),
-        })
-    else:
-        # A finished run leaves a small marker, not weights: nothing to resume, cheap to cache and push.
-        save_checkpoint(state_path, {"fingerprint": checkpoint_extra["fingerprint"], "completed": True,
-                                     "history": history})
-
-
 def summarize_history(history: list[dict]) -> dict:
-    """The best epoch's metrics (highest val/dice, earliest on ties) plus run totals, for metrics/train.json."""
+    """The best epoch's metrics (highest val/dice, earliest on ties) as best/<metric>, plus run totals as
+    run/<total>: the names metrics/train.json and MLflow share."""
     best = max(history, key=lambda row: row["val/dice"])
     return {
-        **{k: v for k, v in best.items() if k not in ("epoch", "lr", "seconds")},
-        "best_epoch": best["epoch"],
-        "epochs": len(history),
-        "train_seconds": sum(row["seconds"] for row in history),
+        **{f"best/{k}": v for k, v in best.items() if k not in ("lr", "seconds")},
+        "run/epochs": len(history),
+        "run/seconds": sum(row["seconds"] for row in history),
     }

@@ -1,25 +1,46 @@
 """Scoring a model on a split at the masks' stored resolution: per image, per source, whole split."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
-from lungseg import imaging
-from lungseg.io import read_grayscale, read_mask
+from lungseg.checkpoint import Checkpoint
+from lungseg.data import read_mask
 from lungseg.metrics import confusion_counts, iou_dice, summarize
+from lungseg.model import torch_runner
+from lungseg.runtime import imaging
+from lungseg.runtime.decode import read_grayscale
 
 
-def score_split(
-    manifest: pd.DataFrame,
-    run_model: Callable[[np.ndarray], np.ndarray],
-    image_size: int,
-    threshold: float,
-    batch_size: int,
-    postprocess: bool,
-) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Inference:
+    """How a model is run on X-rays: the model function and the settings from its checkpoint and params."""
+
+    run_model: Callable[[np.ndarray], np.ndarray]  # (N, 1, S, S) float32 in 0..1 -> (N, S, S) logits
+    image_size: int
+    intensity: str
+    threshold: float
+    postprocess: bool
+    batch_size: int = 16
+
+    def segment(self, images: list[np.ndarray], postprocess: bool | None = None) -> list[np.ndarray]:
+        return imaging.segment(images, self.run_model, self.image_size, self.intensity, self.threshold,
+                               self.batch_size, self.postprocess if postprocess is None else postprocess)
+
+
+def score_masks(prediction: np.ndarray, truth: np.ndarray) -> dict:
+    """One image's counts and scores: intersection, truth and predicted pixels, IoU, Dice."""
+    counts = confusion_counts(torch.from_numpy(prediction[None]), torch.from_numpy(truth[None]))[0].numpy()
+    iou, dice = iou_dice(counts)
+    return {"truth_pixels": int(counts[1]), "intersection": int(counts[0]), "predicted_pixels": int(counts[2]),
+            "iou": float(iou), "dice": float(dice)}
+
+
+def score_split(manifest: pd.DataFrame, inference: Inference) -> pd.DataFrame:
     """Segment every row's image at full size and score it against its mask, with and without post-processing.
 
     One row per image: name, source, label, truth_pixels, and for each variant ('raw', 'post') the
@@ -28,22 +49,19 @@ def score_split(
     """
     rows = []
     records = list(manifest.itertuples())
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        images = [read_grayscale(r.image_path) for r in chunk]
-        predictions = imaging.segment(images, run_model, image_size, threshold, batch_size, postprocess=False)
+    for start in range(0, len(records), inference.batch_size):
+        chunk = records[start : start + inference.batch_size]
+        predictions = inference.segment([read_grayscale(r.image_path) for r in chunk], postprocess=False)
         for record, raw in zip(chunk, predictions):
-            truth = torch.from_numpy(read_mask(record.mask_path)[None])
+            truth = read_mask(record.mask_path)
             row = {"name": record.name, "source": record.source, "label": record.label}
             for variant, prediction in (("raw", raw), ("post", imaging.keep_lungs(raw))):
-                counts = confusion_counts(torch.from_numpy(prediction[None]), truth)[0].numpy()
-                iou, dice = iou_dice(counts)
-                row.update({"truth_pixels": int(counts[1]), f"intersection_{variant}": int(counts[0]),
-                            f"predicted_pixels_{variant}": int(counts[2]), f"iou_{variant}": float(iou),
-                            f"dice_{variant}": float(dice)})
+                scores = score_masks(prediction, truth)
+                row["truth_pixels"] = scores.pop("truth_pixels")
+                row.update({f"{key}_{variant}": value for key, value in scores.items()})
             rows.append(row)
     table = pd.DataFrame(rows)
-    chosen = _variant(table, "post" if postprocess else "raw")
+    chosen = _variant(table, "post" if inference.postprocess else "raw")
     return table.assign(**{column: chosen[column] for column in VARIANT_COLUMNS})
 
 
@@ -84,7 +102,18 @@ def pick_cases(per_image: pd.DataFrame) -> list[tuple[str, str]]:
             ("worst", ranked.loc[len(ranked) - 1, "name"])]
 
 
-def segment_one(image: np.ndarray, run_model: Callable[[np.ndarray], np.ndarray], image_size: int,
-                threshold: float, postprocess: bool) -> np.ndarray:
-    """One gray image -> its bool mask at full size, as the exported model makes it."""
-    return imaging.segment([image], run_model, image_size, threshold, batch_size=1, postprocess=postprocess)[0]
+def case_panels(per_image: pd.DataFrame, split_rows: pd.DataFrame, inference: Inference) -> list[tuple]:
+    """(title, image, truth, prediction) of the best, median and worst image, for figures.cases_figure."""
+    rows, dice = split_rows.set_index("name"), per_image.set_index("name")["dice"]
+    panels = []
+    for role, name in pick_cases(per_image):
+        image, truth = read_grayscale(rows.loc[name, "image_path"]), read_mask(rows.loc[name, "mask_path"])
+        panels.append((f"{role}: {name}\nDice {dice[name]:.4f}", image, truth, inference.segment([image])[0]))
+    return panels
+
+
+def checkpoint_inference(trained: Checkpoint, threshold: float, postprocess: bool, batch_size: int,
+                         device: torch.device | str = "cpu") -> Inference:
+    """The trained model of a checkpoint, run in PyTorch with its own image size and intensity handling."""
+    return Inference(torch_runner(trained.build_model(), device), trained.params.train.image_size,
+                     trained.params.model.intensity, threshold, postprocess, batch_size)

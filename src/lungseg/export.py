@@ -1,72 +1,73 @@
-"""ONNX export with a parity check against PyTorch, and the model card that travels with the ONNX file."""
+"""ONNX export with a parity check against PyTorch, and the model card written into the ONNX file's metadata.
+
+The runtime reads the card back (lungseg.runtime.model_file) and never needs this module or torch.
+"""
 from __future__ import annotations
 
+import json
+import platform
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
-from lungseg import engine, imaging
 from lungseg.errors import UserError
+from lungseg.evaluation import Inference
+from lungseg.runtime import files, imaging
+from lungseg.runtime.model_file import CARD_FORMAT, CARD_KEY, INPUT_NAME, OUTPUT_NAME, create_session
 
-INPUT_NAME, OUTPUT_NAME = "image", "logits"
+INTENDED_USE = ("Research on lung segmentation in adult chest X-rays (PA and AP views). Not a medical device, "
+                "not for clinical use: every mask must be checked by a qualified reader before any use.")
+VERSIONED_PACKAGES = ("lungseg", "torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy",
+                      "opencv-python-headless", "albumentations")
 
 
 class ExportParityError(UserError, RuntimeError):
     """ONNX Runtime's output differs from PyTorch's beyond the stated tolerance."""
 
 
-def card_path_for(onnx_path: str | Path) -> Path:
-    """models/model.onnx -> models/model.card.json: the card always sits beside its model."""
-    return Path(onnx_path).with_suffix(".card.json")
-
-
-def export_onnx(model: torch.nn.Module, path: str | Path, image_size: int, in_channels: int, opset: int) -> None:
-    """Export with a dynamic batch and a fixed S x S input; checked with onnx.checker. One self-contained file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def export_graph(model: torch.nn.Module, image_size: int, in_channels: int, opset: int) -> onnx.ModelProto:
+    """The model as ONNX: a dynamic batch and a fixed S x S input, one self-contained graph, checked."""
     example = torch.rand(2, in_channels, image_size, image_size)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    program = torch.onnx.export(
-        model.eval().cpu(),
-        (example,),
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        opset_version=opset,
-        dynamo=True,
-        dynamic_shapes={"x": {0: batch}},
-        external_data=False,
-    )
-    program.save(str(path), external_data=False)
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    program = torch.onnx.export(model.eval().cpu(), (example,), input_names=[INPUT_NAME],
+                                output_names=[OUTPUT_NAME], opset_version=opset, dynamo=True,
+                                dynamic_shapes={"x": {0: batch}}, external_data=False)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.onnx"
+        program.save(str(path), external_data=False)
+        graph = onnx.load(str(path))
+    onnx.checker.check_model(graph, full_check=True)
+    return graph
 
 
-def create_session(path: str | Path, threads: int = 0, providers: list[str] | None = None) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+def with_card(graph: onnx.ModelProto, card: dict) -> onnx.ModelProto:
+    """The graph with the card in its metadata (JSON under CARD_KEY); the weights are untouched."""
+    onnx.helper.set_model_props(graph, {CARD_KEY: json.dumps(card, sort_keys=True)})
+    return graph
 
 
-def onnx_runner(session: ort.InferenceSession):
-    """Wrap a session as run_model for imaging.segment: (N, 1, S, S) float32 -> (N, S, S) logits."""
-    return lambda inputs: session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0][:, 0]
+def write_model(path: str | Path, graph: onnx.ModelProto) -> None:
+    files.write_bytes(path, graph.SerializeToString())
 
 
-def parity(session: ort.InferenceSession, model: torch.nn.Module, images: list[np.ndarray], image_size: int,
-           threshold: float, postprocess: bool) -> dict[str, float]:
-    """Largest |logit| difference at model resolution, and the share of full-size mask pixels that agree."""
-    inputs = imaging.to_model_input(np.stack([imaging.resize_image(image, image_size) for image in images]))
-    onnx_logits, torch_logits = onnx_runner(session)(inputs), engine.torch_runner(model)(inputs)
-    onnx_masks = imaging.segment(images, onnx_runner(session), image_size, threshold, 8, postprocess)
-    torch_masks = imaging.segment(images, engine.torch_runner(model), image_size, threshold, 8, postprocess)
+def parity(onnx_path: str | Path, torch_inference: Inference, images: list[np.ndarray]) -> dict[str, float]:
+    """Largest |logit| difference at model resolution, and the share of full-size mask pixels that agree,
+    between ONNX Runtime running `onnx_path` and PyTorch running the same model."""
+    session = create_session(onnx_path)
+    onnx_run = lambda inputs: session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0][:, 0]  # noqa: E731
+    onnx_inference = Inference(onnx_run, torch_inference.image_size, torch_inference.intensity,
+                               torch_inference.threshold, torch_inference.postprocess, torch_inference.batch_size)
+    inputs = imaging.model_input(images, torch_inference.image_size, torch_inference.intensity)
+    logit_diff = np.abs(onnx_run(inputs) - torch_inference.run_model(inputs)).max()
+    onnx_masks, torch_masks = onnx_inference.segment(images), torch_inference.segment(images)
     agree = sum(int((a == b).sum()) for a, b in zip(onnx_masks, torch_masks))
-    total = sum(m.size for m in onnx_masks)
     return {
-        "export/max_logit_diff": float(np.abs(onnx_logits - torch_logits).max()),
-        "export/mask_agreement": agree / total,
+        "export/max_logit_diff": float(logit_diff),
+        "export/mask_agreement": agree / sum(m.size for m in onnx_masks),
         "export/images": len(images),
     }
 
@@ -80,46 +81,55 @@ def check_parity(result: dict[str, float], max_logit_diff: float, min_mask_agree
         )
 
 
-def model_card(
-    image_size: int, in_channels: int, threshold: float, postprocess: bool, params: dict, test_metrics: dict,
-    git_commit: str, input_mean: float, input_std: float, lung_fraction_range: tuple[float, float],
-) -> dict:
-    """Everything a consumer needs to run the ONNX file correctly, and where it came from."""
+def package_versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def model_card(inference: Inference, in_channels: int, input_mean: float, input_std: float,
+               lung_fraction_range: tuple[float, float], data_sources: list[dict], training_params: dict,
+               test_metrics: dict, git_commit: str, weights_sha256: str, mlflow_run_id: str | None = None) -> dict:
+    """Everything a consumer needs to run the ONNX model correctly, and where it came from."""
+    size = inference.image_size
+    intensity_text = {"equalize_histogram": "equalise its histogram (OpenCV equalizeHist), ",
+                      "none": ""}[inference.intensity]
     return {
-        "format": "lungseg-model-card/1",
+        "format": CARD_FORMAT,
+        "intended_use": INTENDED_USE,
         "input": {
             "name": INPUT_NAME,
-            "shape": ["batch", in_channels, image_size, image_size],
+            "shape": ["batch", in_channels, size, size],
             "dtype": "float32",
             "value_range": [0.0, 1.0],
             "color": "grayscale" if in_channels == 1 else f"{in_channels} channels",
-            "preprocessing": (
-                f"convert to 8-bit grayscale, resize to {image_size}x{image_size} with {imaging.DOWNSAMPLE} "
-                f"interpolation (aspect ratio not kept), divide by 255"
-            ),
+            "preprocessing": (f"convert to 8-bit grayscale, resize to {size}x{size} with {imaging.DOWNSAMPLE} "
+                              f"interpolation (aspect ratio not kept), {intensity_text}divide by 255"),
             "resize": imaging.DOWNSAMPLE,
-            "normalisation": {
-                "inside_model": True,
-                "formula": "(x - mean) / std",
-                "mean": input_mean,
-                "std": input_std,
-            },
+            "intensity": inference.intensity,
+            "normalisation": {"inside_model": True, "formula": "(x - mean) / std", "mean": input_mean,
+                              "std": input_std},
         },
         "output": {
             "name": OUTPUT_NAME,
-            "shape": ["batch", 1, image_size, image_size],
+            "shape": ["batch", 1, size, size],
             "meaning": "lung logit per pixel; sigmoid gives the lung probability",
-            "threshold": threshold,
-            "postprocess": postprocess,
+            "threshold": inference.threshold,
+            "postprocess": inference.postprocess,
             "postprocessing": (
                 f"sigmoid, resize probabilities back to the input's size with {imaging.UPSAMPLE} interpolation, "
                 f"then probability > threshold is lung"
-                + ("; keep the two largest connected regions and fill their holes" if postprocess else "")
+                + ("; keep the two largest connected regions and fill their holes" if inference.postprocess else "")
             ),
             "resize": imaging.UPSAMPLE,
         },
-        "training_data": {"lung_fraction_range": list(lung_fraction_range)},
-        "training_params": params,
+        "training_data": {"lung_fraction_range": list(lung_fraction_range), "sources": data_sources},
+        "training_params": training_params,
         "test_metrics": test_metrics,
-        "code_version": {"git_commit": git_commit},
+        "code_version": {"git_commit": git_commit, "weights_sha256": weights_sha256,
+                         "mlflow_run_id": mlflow_run_id, "exported_with": package_versions()},
     }

@@ -87,3 +87,34 @@ def cases_figure(cases: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], pa
     fig.text(0.5, 0.01, "green: truth   magenta: prediction   (both: grey-violet)", ha="center", fontsize=9)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     _save(fig, path)
+
+
+def robustness_bars(table, clean_dice: float, path: str) -> None:
+    """Dataset Dice per perturbation at its two strengths, against the clean score and the goal (clean - 0.01)."""
+    conditions = list(dict.fromkeys(table["condition"]))
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    positions = np.arange(len(conditions))
+    for offset, strength in ((-0.2, 1), (0.2, 2)):
+        values = [float(table[(table["condition"] == c) & (table["strength"] == strength)]["dice"].iloc[0])
+                  for c in conditions]
+        ax.bar(positions + offset, values, width=0.4, label=f"strength {strength}")
+    ax.axhline(clean_dice, color="black", linewidth=1, label=f"clean test {clean_dice:.4f}")
+    ax.axhline(clean_dice - 0.01, color="black", linestyle="--", linewidth=1, label="goal: clean - 0.01")
+    ax.set_xticks(positions, [c.replace("_", " ") for c in conditions], rotation=20)
+    ax.set_ylim(max(0.0, min(0.8, float(table["dice"].min()) - 0.02)), 1.0)
+    ax.set_ylabel("test Dice (512x512)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def examples_strip(examples: list[tuple[str, np.ndarray]], path: str, size: int = 160) -> None:
+    """Labelled thumbnails in one row: what each perturbation does to a film."""
+    fig, axes = plt.subplots(1, len(examples), figsize=(1.9 * len(examples), 2.3))
+    for ax, (title, image) in zip(np.atleast_1d(axes), examples):
+        ax.imshow(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA), cmap="gray", vmin=0, vmax=255)
+        ax.set_title(title, fontsize=7)
+        ax.axis("off")
+    fig.tight_layout()
+    _save(fig, path)

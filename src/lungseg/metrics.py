@@ -30,17 +30,20 @@ def iou_dice(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class SegmentationScores:
-    """Collects per-image counts over a whole split; reduces once to dataset-level and per-image scores."""
+    """Collects per-image counts over a whole split; reduces once to dataset-level and per-image scores.
+    Counts stay on the tensors' device until read, so collecting them never waits for a GPU."""
 
     def __init__(self):
-        self._counts: list[np.ndarray] = []
+        self._counts: list[torch.Tensor] = []
 
     def update(self, prediction: torch.Tensor, truth: torch.Tensor) -> None:
-        self._counts.append(confusion_counts(prediction, truth).cpu().numpy())
+        self._counts.append(confusion_counts(prediction, truth))
 
     @property
     def per_image_counts(self) -> np.ndarray:
-        return np.concatenate(self._counts) if self._counts else np.zeros((0, 3), dtype=np.int64)
+        if not self._counts:
+            return np.zeros((0, 3), dtype=np.int64)
+        return torch.cat(self._counts).cpu().numpy()
 
     def dataset_scores(self) -> dict[str, float]:
         """IoU and Dice of the pixel counts summed over every image."""

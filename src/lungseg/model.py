@@ -9,36 +9,30 @@ encoder train in a few CPU epochs).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 import torchvision
 from torch import nn
 
 from lungseg.config import ModelConfig
+from lungseg.encoders import ENCODER_CHANNELS
 from lungseg.errors import UserError
-
-# Output channels of the encoder's five feature maps (strides 2, 4, 8, 16, 32).
-ENCODER_CHANNELS = {
-    "resnet18": (64, 64, 128, 256, 512),
-    "resnet34": (64, 64, 128, 256, 512),
-    "resnet50": (64, 256, 512, 1024, 2048),
-    "resnet101": (64, 256, 512, 1024, 2048),
-}
-_WEIGHTS = {
-    "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
-    "resnet34": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
-    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
-    "resnet101": torchvision.models.ResNet101_Weights.IMAGENET1K_V1,
-}
 
 
 class WeightsNotFoundError(UserError, FileNotFoundError):
     """Pretrained encoder weights were asked for but are not on disk; nothing is ever downloaded."""
 
 
+def imagenet_weights(encoder: str) -> torchvision.models.WeightsEnum:
+    """torchvision's ImageNet weights entry for an encoder (its URL names the cached file)."""
+    return torchvision.models.get_model_weights(encoder).IMAGENET1K_V1
+
+
 def imagenet_weights_path(encoder: str) -> Path:
     """Where torchvision would cache the ImageNet weights file for this encoder."""
-    filename = _WEIGHTS[encoder].url.rsplit("/", 1)[-1]
+    filename = imagenet_weights(encoder).url.rsplit("/", 1)[-1]
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
@@ -51,7 +45,7 @@ def resolve_encoder_weights(encoder: str, weights: str | None) -> Path | None:
         if not path.is_file():
             raise WeightsNotFoundError(
                 f"ImageNet weights for {encoder} are not on disk: expected {path}. Nothing is downloaded at run "
-                f"time: on a machine with internet fetch {_WEIGHTS[encoder].url} and copy it to that path, or set "
+                f"time: on a machine with internet fetch {imagenet_weights(encoder).url} and copy it to that path, or set "
                 f"model.encoder_weights to the file's path, or to null to train from scratch."
             )
         return path
@@ -105,18 +99,18 @@ class UNet(nn.Module):
         self.pool = resnet.maxpool
         self.layers = nn.ModuleList([resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4])
         skip_channels = ENCODER_CHANNELS[config.encoder]
-        d = config.decoder_channels
+        widths = config.decoder_channels
         self.middle = nn.Sequential(
-            *_conv_relu(skip_channels[4], d[0], config.batch_norm),
-            *_conv_relu(d[0], d[0], config.batch_norm),
+            *_conv_relu(skip_channels[4], widths[0], config.batch_norm),
+            *_conv_relu(widths[0], widths[0], config.batch_norm),
         )
         # Skips, deepest first: stride 16, 8, 4, 2, then full resolution without a skip.
         skips = (skip_channels[3], skip_channels[2], skip_channels[1], skip_channels[0], 0)
-        ins = (d[0], d[0], d[1], d[2], d[3])
+        block_inputs = (widths[0], widths[0], widths[1], widths[2], widths[3])
         self.decoder = nn.ModuleList(
-            DecoderBlock(ins[i], skips[i], d[i], config.batch_norm) for i in range(5)
+            DecoderBlock(block_inputs[i], skips[i], widths[i], config.batch_norm) for i in range(5)
         )
-        self.head = nn.Conv2d(d[4], 1, kernel_size=1)
+        self.head = nn.Conv2d(widths[4], 1, kernel_size=1)
 
     def encoder_state_names(self) -> dict[str, str]:
         """Map torchvision ResNet state_dict prefixes to this module's, for loading pretrained weights."""
@@ -166,9 +160,12 @@ def build_model(config: ModelConfig, in_channels: int) -> UNet:
     return model
 
 
-def model_from_checkpoint(checkpoint: dict) -> UNet:
-    """Rebuild the trained U-Net from a checkpoint dict (weights come from the checkpoint, not from disk)."""
-    config = ModelConfig.model_validate(checkpoint["config"]["model"])
-    model = UNet(config, checkpoint["in_channels"])
-    model.load_state_dict(checkpoint["model"])
-    return model.eval()
+def torch_runner(model: nn.Module, device: torch.device | str = "cpu") -> Callable[[np.ndarray], np.ndarray]:
+    """Wrap a PyTorch model as run_model for imaging.segment: (N, C, S, S) float32 -> (N, S, S) logits."""
+    model = model.eval().to(device)
+
+    @torch.no_grad()
+    def run(inputs: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(inputs).to(device)).float()[:, 0].cpu().numpy()
+
+    return run

@@ -1,6 +1,7 @@
-"""What every stage script shares: a clean one-line error for bad input instead of a traceback."""
+"""What every stage script shares: log lines on stderr, and a clean one-line error for bad input."""
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Callable
 
@@ -9,6 +10,7 @@ from lungseg.errors import UserError
 
 def run(main: Callable[[], None], name: str) -> int:
     """Run a stage's main(); user errors print 'stage NAME: error: ...' and exit 1."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         main()
     except UserError as err:

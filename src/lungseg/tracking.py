@@ -1,24 +1,38 @@
-"""The MLflow seam: where runs go, and what a training run records.
+"""The MLflow seam: where runs go, and what a training run records. Every MLflow call of the pipeline is here.
 
 Default store: SQLite at <repo>/mlflow.db with artifacts in <repo>/mlartifacts (both git-ignored).
 `MLFLOW_TRACKING_URI` points it at a team server instead. DVC sets DVC_ROOT to the parent repository even
 for `dvc exp run --queue` / `--temp` runs made in a throw-away copy, so those runs land in the same store.
+
+One run per training: named after the DVC experiment (or `repro-<commit>` for a plain `dvc repro`), with the
+params, the prepared split as a dataset input, per-epoch curves, then the test metrics, robustness scores and
+the ONNX model (card inside) added by the later stages, which also register it as a version of the model
+`lungseg`.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 import socket
 import subprocess
+import sys
+import warnings
 from pathlib import Path
 from typing import Iterator, Mapping
 from urllib.parse import urlparse
 
 import mlflow
+import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from lungseg.errors import UserError
+from lungseg.runtime.registry import REGISTERED_MODEL
 
 DEFAULT_EXPERIMENT = "lungseg"
+# Marks the experiment as model training rather than GenAI, where MLflow's UI reads it (see run_ui).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+MAX_DIGEST = 36  # MLflow's limit on a dataset digest
 
 
 class TrackingUnavailableError(UserError, RuntimeError):
@@ -42,19 +56,25 @@ def experiment_name(environ: Mapping[str, str]) -> str:
 
 
 def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, before any training, when an HTTP tracking server does not answer on its port."""
+    """Fail fast, before any training, when an HTTP tracking server does not answer, or answers but is not an
+    MLflow server (a wrong port, a proxy's error page)."""
     url = urlparse(tracking_uri)
     if url.scheme not in ("http", "https"):
         return
     port = url.port or (443 if url.scheme == "https" else 80)
+    advice = ("start it, or unset MLFLOW_TRACKING_URI to use the repository's local store. Nothing was logged "
+              "or trained.")
     try:
         with socket.create_connection((url.hostname, port), timeout=timeout):
             pass
     except OSError as err:
-        raise TrackingUnavailableError(
-            f"MLflow tracking server {tracking_uri} is unreachable ({err}); start it, or unset "
-            f"MLFLOW_TRACKING_URI to use the repository's local store. Nothing was logged or trained."
-        ) from None
+        raise TrackingUnavailableError(f"MLflow tracking server {tracking_uri} is unreachable ({err}); {advice}") from None
+    try:
+        MlflowClient(tracking_uri).search_experiments(max_results=1)
+    except Exception as err:  # HTML error pages, non-MLflow JSON, TLS problems: all mean "not usable"
+        first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise TrackingUnavailableError(f"{tracking_uri} answers but is not a usable MLflow tracking server "
+                                       f"({first_line}); {advice}") from None
 
 
 def git_commit(cwd: Path) -> str:
@@ -73,9 +93,12 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_root: Path) -> str:
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if experiment.tags.get("mlflow.experimentKind") is None:
+            client.set_experiment_tag(experiment.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return experiment.experiment_id
     is_server = urlparse(tracking_uri).scheme in ("http", "https")
-    return client.create_experiment(name, artifact_location=None if is_server else artifact_root.resolve().as_uri())
+    return client.create_experiment(name, artifact_location=None if is_server else artifact_root.resolve().as_uri(),
+                                    tags=EXPERIMENT_KIND)
 
 
 @contextlib.contextmanager
@@ -92,6 +115,11 @@ def open_run(
     else:
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
             yield run
+
+
+def run_name(environ: Mapping[str, str], cwd: Path) -> str:
+    """The DVC experiment's name; for a plain `dvc repro`, repro-<short commit>."""
+    return environ.get("DVC_EXP_NAME") or f"repro-{git_commit(cwd)[:8]}"
 
 
 def run_tags(environ: Mapping[str, str], cwd: Path) -> dict[str, str]:
@@ -111,3 +139,95 @@ def log_params(flat_params: dict[str, object]) -> None:
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_artifacts(paths: list[str | Path]) -> None:
+    for path in paths:
+        mlflow.log_artifact(str(path))
+
+
+def log_split(manifest: pd.DataFrame, manifest_path: str | Path, counts: dict) -> None:
+    """The prepared split as the run's dataset input: its manifest digest, and counts per split and source."""
+    digest = hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest()
+    with warnings.catch_warnings():  # MLflow 3.17 registers its local source class twice and warns about it
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        dataset = mlflow.data.from_pandas(manifest, source=str(manifest_path), name="lungseg-split",
+                                          digest=digest[:MAX_DIGEST])
+    mlflow.log_input(dataset, context="training", tags={"manifest_sha256": digest})
+    mlflow.log_dict(counts, "split_counts.json")
+
+
+@contextlib.contextmanager
+def training_run(tracking_uri: str, environ: Mapping[str, str], cwd: Path, resume_run_id: str | None,
+                 flat_params: dict[str, object], params_path: str | Path, tags: dict[str, object]) -> Iterator[str]:
+    """The training's MLflow run (new, or the interrupted one when resuming), yielding its id. A new run gets
+    the params, params.yaml and `tags`."""
+    experiment_id = ensure_experiment(tracking_uri, experiment_name(environ),
+                                      workspace_root(environ, cwd) / "mlartifacts")
+    with open_run(tracking_uri, experiment_id, run_name=run_name(environ, cwd), tags=run_tags(environ, cwd),
+                  run_id=resume_run_id) as run:
+        if resume_run_id is None:
+            log_params(flat_params)
+            mlflow.log_artifact(str(params_path))
+            mlflow.set_tags({key: str(value) for key, value in tags.items()})
+        yield run.info.run_id
+
+
+def log_onnx_model(onnx_path: str | Path, example_input, example_output, version_tags: dict[str, object]) -> str:
+    """Log the exported ONNX model (card inside) to the active run and register it as a new version of the
+    registered model `lungseg`, tagged with `version_tags`; returns the version."""
+    import mlflow.onnx
+    import onnx
+    from mlflow.models import infer_signature
+
+    info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="model",
+                                 signature=infer_signature(example_input, example_output),
+                                 registered_model_name=REGISTERED_MODEL, save_as_external_data=False)
+    version = str(info.registered_model_version)
+    client = MlflowClient(mlflow.get_tracking_uri())
+    for key, value in version_tags.items():
+        client.set_model_version_tag(REGISTERED_MODEL, version, key, str(value))
+    return version
+
+
+def ui_url(host: str, port: int, tracking_uri: str, environ: Mapping[str, str]) -> str:
+    """The UI's address on this experiment's runs table. MLflow 3.17's UI chooses between its GenAI and
+    machine-learning views from the URL (workflowType), not from the experiment's kind tag."""
+    experiment = MlflowClient(tracking_uri).get_experiment_by_name(experiment_name(environ))
+    page = f"experiments/{experiment.experiment_id}/runs" if experiment else "experiments"
+    return f"http://{host}:{port}/#/{page}?workflowType=machine_learning"
+
+
+def run_ui(host: str, port: int) -> int:
+    """`lungseg ui`: the MLflow UI on this repository's store (or MLFLOW_TRACKING_URI), loopback by default."""
+    uri = resolve_tracking_uri(os.environ, Path.cwd())
+    print(f"MLflow UI for {uri}: open {ui_url(host, port, uri, os.environ)}")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    return subprocess.call(command)
+
+
+def add_to_run(tracking_uri: str, run_id: str, metrics: dict[str, float], artifacts: list[str | Path]) -> None:
+    """Add a later stage's metrics and files to the training run that made the model."""
+    with open_run(tracking_uri, run_id=run_id):
+        log_metrics(metrics)
+        log_artifacts(artifacts)
+
+
+def add_exported_model(tracking_uri: str, run_id: str, parity: dict[str, float], onnx_path: str | Path, card: dict,
+                       environ: Mapping[str, str]) -> str:
+    """Log the exported model to the training run and register it; the new version is tagged with the git
+    commit, the DVC experiment and the test metrics. Returns the version."""
+    import numpy as np
+
+    from lungseg.runtime.model_file import load_model
+
+    model = load_model(onnx_path, device="cpu")
+    example = np.zeros((1, *card["input"]["shape"][1:]), dtype=np.float32)
+    with open_run(tracking_uri, run_id=run_id):
+        log_metrics(parity)
+        mlflow.log_dict(card, "model.card.json")
+        tags = {"git_commit": card["code_version"]["git_commit"], "dvc_exp_name": environ.get("DVC_EXP_NAME", ""),
+                "weights_sha256": card["code_version"]["weights_sha256"],
+                **{key: f"{value:.6f}" for key, value in card["test_metrics"].items()
+                   if key in ("test/dice", "test/iou", "test/dice_worst5pct")}}
+        return log_onnx_model(onnx_path, example, model.run(example)[:, None], tags)

@@ -3,6 +3,7 @@
 A mask is flagged when it is implausible for a PA chest X-ray, or when the model was unsure:
 - lung fraction outside the range seen in the training masks (from the model card), widened by a margin;
 - not exactly two lung regions (regions smaller than 0.5% of the image are not counted);
+- one lung much smaller than the other (below MIN_LUNG_RATIO of it): a missing or collapsed lung, or a miss;
 - mean lung probability inside the mask below MIN_CONFIDENCE;
 - a wide uncertain band: pixels with probability between 0.25 and 0.75 exceeding MAX_UNCERTAIN_SHARE of
   the predicted lung area.
@@ -11,33 +12,39 @@ from __future__ import annotations
 
 import numpy as np
 
-from lungseg import imaging
+from lungseg.runtime import imaging
 
 FRACTION_MARGIN = 0.03
 MIN_REGION_SHARE = 0.005
+MIN_LUNG_RATIO = 0.25
 MIN_CONFIDENCE = 0.9
 MAX_UNCERTAIN_SHARE = 0.15
 
 
 def describe(mask: np.ndarray, probabilities: np.ndarray, threshold: float,
-             lung_fraction_range: tuple[float, float]) -> dict:
-    """(H, W) bool mask and the model's (S, S) probabilities -> the QA fields of report.csv.
+             lung_fraction_range: tuple[float, float], lung_pixels: tuple[int, int] | None = None) -> dict:
+    """(H, W) bool mask, the model's (S, S) probabilities and optionally (right, left) lung pixel counts ->
+    the QA fields of report.csv.
 
     Confidence and the uncertain share are measured at the model's resolution, where the model decided.
     """
     lung_fraction = float(mask.mean())
-    _, areas = imaging.regions(mask)
-    regions = int((areas >= MIN_REGION_SHARE * mask.size).sum())
+    _, region_areas = imaging.regions(mask)
+    regions = int((region_areas >= MIN_REGION_SHARE * mask.size).sum())
     lung = probabilities > threshold
-    lung_pixels = int(lung.sum())
-    confidence = float(probabilities[lung].mean()) if lung_pixels else 0.0
-    uncertain = float(((probabilities > 0.25) & (probabilities < 0.75)).sum() / max(lung_pixels, 1))
+    lung_count = int(lung.sum())
+    confidence = float(probabilities[lung].mean()) if lung_count else 0.0
+    uncertain = float(((probabilities > 0.25) & (probabilities < 0.75)).sum() / max(lung_count, 1))
     low, high = lung_fraction_range
     flags = []
+    if lung_count == 0 or not mask.any():
+        flags.append("no_lung")
     if not low - FRACTION_MARGIN <= lung_fraction <= high + FRACTION_MARGIN:
         flags.append(f"lung_fraction_outside_{low:.2f}-{high:.2f}")
     if regions != 2:
         flags.append(f"regions={regions}")
+    if lung_pixels is not None and mask.any() and min(lung_pixels) < MIN_LUNG_RATIO * max(lung_pixels):
+        flags.append("one_lung_small_or_missing")
     if confidence < MIN_CONFIDENCE:
         flags.append("low_confidence")
     if uncertain > MAX_UNCERTAIN_SHARE:

@@ -1,4 +1,5 @@
-"""Resizing between an X-ray's own size and the model's size, shared by training, evaluation and prediction.
+"""From an X-ray's pixels to the model's input and from its output back to a mask: the one path that training,
+evaluation, export checks and deployment share.
 
 Pure NumPy/OpenCV, no torch, so the deployed ONNX predictor applies exactly the same operations.
 """
@@ -29,9 +30,30 @@ def resize_mask_soft(mask: np.ndarray, size: int) -> np.ndarray:
     return resize_image(mask.astype(np.uint8) * 255, size)
 
 
+def normalise_intensity(image: np.ndarray, method: str) -> np.ndarray:
+    """(S, S) uint8 at the model's size -> (S, S) uint8 whose grey levels no longer depend on how the film was
+    exposed, windowed or converted.
+
+    'equalize_histogram' maps each grey level to its rank in the image (OpenCV's global histogram
+    equalisation): any increasing transform of the grey levels (contrast, offset, gamma, a window) gives the
+    same result, up to the levels the input still distinguishes. 'none' keeps the pixels as they are.
+    """
+    if method == "equalize_histogram":
+        return cv2.equalizeHist(image)
+    if method == "none":
+        return image
+    raise ValueError(f"unknown intensity normalisation {method!r}")
+
+
 def to_model_input(images: np.ndarray) -> np.ndarray:
     """(N, S, S) uint8 -> (N, 1, S, S) float32 in 0..1: the ONNX model's input."""
     return (images.astype(np.float32) / 255.0)[:, None]
+
+
+def model_input(images: list[np.ndarray], image_size: int, intensity: str) -> np.ndarray:
+    """Gray uint8 images of any size -> (N, 1, S, S) float32: resized, intensity-normalised, scaled to 0..1."""
+    return to_model_input(np.stack([normalise_intensity(resize_image(image, image_size), intensity)
+                                    for image in images]))
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -69,7 +91,8 @@ def keep_lungs(mask: np.ndarray, count: int = 2) -> np.ndarray:
 
 
 def predict_probabilities(
-    images: list[np.ndarray], run_model: Callable[[np.ndarray], np.ndarray], image_size: int, batch_size: int
+    images: list[np.ndarray], run_model: Callable[[np.ndarray], np.ndarray], image_size: int, intensity: str,
+    batch_size: int,
 ) -> list[np.ndarray]:
     """Gray uint8 images of any size -> (S, S) float32 lung probabilities at the model's size.
 
@@ -78,8 +101,7 @@ def predict_probabilities(
     """
     probabilities = []
     for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        inputs = to_model_input(np.stack([resize_image(image, image_size) for image in chunk]))
+        inputs = model_input(images[start : start + batch_size], image_size, intensity)
         probabilities.extend(sigmoid(run_model(inputs)))  # (N, S, S)
     return probabilities
 
@@ -94,13 +116,14 @@ def segment(
     images: list[np.ndarray],
     run_model: Callable[[np.ndarray], np.ndarray],
     image_size: int,
+    intensity: str,
     threshold: float,
     batch_size: int,
     postprocess: bool,
 ) -> list[np.ndarray]:
     """Gray uint8 images of any size -> bool lung masks of the same sizes: the one inference path that
     evaluation, export checks and deployment share."""
-    probabilities = predict_probabilities(images, run_model, image_size, batch_size)
+    probabilities = predict_probabilities(images, run_model, image_size, intensity, batch_size)
     return [
         to_mask(upsample(p, image.shape[0], image.shape[1]), threshold, postprocess)
         for p, image in zip(probabilities, images)

@@ -1,0 +1,14 @@
+"""Limits on what one input may cost, in one place: every decoder, `lungseg predict` and `lungseg serve` use them."""
+
+# Decoded pixels of one input (frames x rows x columns x samples), checked from the file's header before any
+# pixel data is decoded. The largest chest detectors are about 4300 x 4300 (18.5 megapixels); 50 megapixels
+# leaves room for any real film while a decompression bomb is refused before it takes memory.
+MAX_PIXELS = 50_000_000
+
+# Largest HTTP request body `lungseg serve` reads: a 16-bit 4k x 4k DICOM is about 32 MB.
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
+
+# Requests `lungseg serve` decodes and segments at once; more wait in line up to MAX_QUEUED, beyond that the
+# answer is 503 with Retry-After. Bounds the service's memory whatever the load.
+MAX_CONCURRENT_REQUESTS = 2
+MAX_QUEUED_REQUESTS = 16

@@ -1,0 +1,53 @@
+"""Right and left lung in a predicted mask, and their areas.
+
+Radiographs are displayed as if facing the patient, so in a PA (and in a conventionally displayed AP) film
+the patient's right lung is on the image's left. DICOM says which way the rows run in PatientOrientation
+(first value: the patient direction of increasing column, 'L' in the standard display); when it is absent,
+or for PNG/JPEG, the standard display is assumed and the report says so (`laterality_assumed`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from lungseg.runtime import imaging
+
+RIGHT, LEFT = 1, 2  # label values in the label map: 0 background, 1 right lung, 2 left lung
+
+
+def patient_right_on_image_left(patient_orientation: str) -> tuple[bool, bool]:
+    """(patient's right lung is on the image's left, whether that was assumed rather than read)."""
+    rows_towards = patient_orientation.split("\\")[0].strip().upper() if patient_orientation else ""
+    if rows_towards.startswith("L"):
+        return True, False
+    if rows_towards.startswith("R"):
+        return False, False
+    return True, True
+
+
+def label_lungs(mask: np.ndarray, right_on_image_left: bool) -> np.ndarray:
+    """(H, W) bool -> (H, W) uint8 labels: RIGHT / LEFT per connected region, by which side of the midline
+    between the two largest regions' centres (or of the image's centre, for one region) it lies on."""
+    labels, areas = imaging.regions(mask)
+    result = np.zeros(mask.shape, dtype=np.uint8)
+    if len(areas) == 0:
+        return result
+    columns = np.arange(mask.shape[1], dtype=np.float64)
+    centres = np.array([columns[np.nonzero(labels == i + 1)[1]].mean() for i in range(len(areas))])
+    largest = np.argsort(areas)[::-1][:2]
+    midline = centres[largest].mean() if len(largest) == 2 else mask.shape[1] / 2
+    on_image_left = centres < midline
+    for index in range(len(areas)):
+        is_right = on_image_left[index] == right_on_image_left
+        result[labels == index + 1] = RIGHT if is_right else LEFT
+    return result
+
+
+def areas(labels: np.ndarray, pixel_spacing_mm: tuple[float, float] | None) -> dict:
+    """Per-lung areas in pixels, in cm^2 when the pixel spacing is known, and the right/left ratio."""
+    right, left = int((labels == RIGHT).sum()), int((labels == LEFT).sum())
+    found: dict = {"right_lung_pixels": right, "left_lung_pixels": left,
+                   "right_left_ratio": round(right / left, 4) if left else None}
+    if pixel_spacing_mm:
+        square_cm = pixel_spacing_mm[0] * pixel_spacing_mm[1] / 100.0
+        found.update(right_lung_cm2=round(right * square_cm, 2), left_lung_cm2=round(left * square_cm, 2))
+    return found

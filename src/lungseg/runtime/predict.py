@@ -1,0 +1,328 @@
+"""The deployed model in use: X-ray files in, masks, label maps, overlays, DICOM SEG and report.csv out.
+
+Contract: for every input image, OUTPUT/<relative path>.png is an 8-bit mask (0 or 255) with exactly the
+input's width and height (for DICOM: Rows x Columns), where <relative path> mirrors the input's path below the
+folder it was found in (a known image suffix dropped, other names kept whole: DICOM files are often named by
+UID). Beside it, on request: <name>_labels.png (1 = right lung, 2 = left lung), <name>_overlay.png,
+<name>_probability.png, <name>.seg.dcm (DICOM inputs). report.csv lists every input with its result or its
+problem.
+
+Safety, checked before any work: the output folder may not be, or lie inside, an input folder, and no output
+may overwrite an input; two inputs whose outputs would collide keep the first and report the second. Every
+file is written atomically under a hidden temporary name; leftovers of a killed run are cleared at the start.
+A failed write (a full disk) stops the batch at once, and report.csv is still written for what was done when
+the disk allows it.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from lungseg.errors import UserError
+from lungseg.runtime import files, imaging, lungs, qa
+from lungseg.runtime.decode import DICOM_SUFFIXES, RASTER_SUFFIXES, ImageReadError, NotAnImage, Xray, read_xray
+from lungseg.runtime.model_file import Model
+
+OUTLINE_COLOURS = {lungs.RIGHT: (255, 60, 60), lungs.LEFT: (60, 140, 255)}  # RGB: right red, left blue
+LOOKAHEAD = 4  # files decoded ahead of the model
+KNOWN_SUFFIXES = RASTER_SUFFIXES + DICOM_SUFFIXES
+EXTRA_OUTPUTS = {"labels": "_labels.png", "overlay": "_overlay.png", "probabilities": "_probability.png",
+                 "seg": ".seg.dcm"}
+REPORT_COLUMNS = [
+    "file", "status", "mask", "labels", "overlay", "probability", "seg", "width", "height", "source_format",
+    "bits_stored", "lung_fraction", "regions", "right_lung_pixels", "left_lung_pixels", "right_left_ratio",
+    "right_lung_cm2", "left_lung_cm2", "pixel_spacing_mm", "pixel_spacing_source", "laterality_assumed",
+    "mean_confidence", "uncertain_share", "qa_flags", "needs_review", "Modality", "ViewPosition",
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+]
+PATIENT_COLUMNS = ["PatientID", "PatientName", "AccessionNumber"]
+
+
+class OutputLocationError(UserError, ValueError):
+    """The output location is unusable or would destroy inputs: refused before any work."""
+
+
+@dataclass
+class Prediction:
+    mask: np.ndarray  # (H, W) bool
+    labels: np.ndarray  # (H, W) uint8: 0 background, 1 right lung, 2 left lung
+    probabilities: np.ndarray  # (H, W) float32
+    fields: dict  # QA fields, per-lung areas, laterality
+
+
+class Segmenter:
+    """A loaded model: gray pixels -> mask, right/left labels, probabilities, QA fields."""
+
+    def __init__(self, model: Model):
+        self.model = model
+
+    @property
+    def provider(self) -> str:
+        return self.model.provider
+
+    def model_probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """The model's part: gray (H, W) -> (S, S) lung probabilities at the model's size."""
+        return imaging.predict_probabilities([pixels], self.model.run, self.model.image_size,
+                                             self.model.intensity, batch_size=1)[0]
+
+    def complete(self, xray: Xray, low_res: np.ndarray) -> Prediction:
+        """Everything after the model: full-size probabilities, mask, right/left lungs, areas, QA."""
+        height, width = xray.pixels.shape
+        probabilities = imaging.upsample(low_res, height, width)
+        mask = imaging.to_mask(probabilities, self.model.threshold, self.model.postprocess)
+        right_on_left, assumed = lungs.patient_right_on_image_left(xray.dicom.get("PatientOrientation", ""))
+        labels = lungs.label_lungs(mask, right_on_left)
+        area = lungs.areas(labels, xray.dicom.get("pixel_spacing_mm"))
+        checks = qa.describe(mask, low_res, self.model.threshold, self.model.lung_fraction_range,
+                             (area["right_lung_pixels"], area["left_lung_pixels"]))
+        return Prediction(mask, labels, probabilities, {**area, "laterality_assumed": assumed, **checks})
+
+    def predict(self, xray: Xray) -> Prediction:
+        return self.complete(xray, self.model_probabilities(xray.pixels))
+
+
+def outline_overlay(pixels: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The X-ray in RGB with each lung's outline drawn in its colour, line width scaled to the image."""
+    picture = np.ascontiguousarray(np.repeat(pixels[..., None], 3, axis=2))
+    thickness = max(1, round(max(pixels.shape) / 256))
+    for label, colour in OUTLINE_COLOURS.items():
+        contours, _ = cv2.findContours((labels == label).astype(np.uint8), cv2.RETR_EXTERNAL,
+                                       cv2.CHAIN_APPROX_NONE)
+        picture = cv2.drawContours(picture, contours, -1, colour, thickness)
+    return picture
+
+
+def mask_png(mask: np.ndarray) -> np.ndarray:
+    return mask.astype(np.uint8) * 255
+
+
+def probability_png(probabilities: np.ndarray) -> np.ndarray:
+    """Probabilities as 16-bit integers: value / 65535 is the lung probability."""
+    return np.rint(probabilities * 65535).astype(np.uint16)
+
+
+@dataclass
+class Job:
+    """One input file and where its results go."""
+
+    path: Path
+    shown: str  # the input as reported: its path as given, or below the folder it was found in
+    mask: Path
+    refused: str = ""  # why this input is not processed (its outputs would collide with an earlier input's)
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    """Every regular file below `folder`, hidden files and folders left out, in a stable order."""
+    found = []
+    for root, folders, names in os.walk(folder):
+        folders[:] = sorted(f for f in folders if not f.startswith("."))
+        found.extend(Path(root) / name for name in sorted(names) if not name.startswith("."))
+    return [path for path in found if path.is_file()]
+
+
+def output_name(relative: Path) -> Path:
+    """in/a/b.dcm -> a/b; 1.2.840.5 (a UID-named DICOM) -> 1.2.840.5: only known image suffixes are dropped."""
+    return relative.with_suffix("") if relative.suffix.lower() in KNOWN_SUFFIXES else relative
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def plan(inputs: list[str | Path], output_dir: str | Path, extras: set[str]) -> tuple[list[Job], list[str]]:
+    """The work: one Job per input file, and the problems with inputs that do not exist.
+
+    Raises OutputLocationError, before anything is written, when the output folder is an input folder or lies
+    inside one, when an output would overwrite an input file, or when the output folder cannot be created.
+    """
+    output_dir = Path(output_dir).resolve()
+    jobs, missing, input_files = [], [], set()
+    for item in map(Path, inputs):
+        if item.is_dir():
+            folder = item.resolve()
+            if _inside(output_dir, folder):
+                raise OutputLocationError(f"--output {output_dir} is (inside) the input folder {item}: masks would "
+                                          f"mix with, and be read back as, inputs; choose another folder")
+            for path in _visible_files(item):
+                relative = path.relative_to(item)
+                jobs.append(Job(path, str(relative if len(inputs) == 1 else path),
+                                output_dir / f"{output_name(relative)}.png"))
+        elif item.is_file():
+            jobs.append(Job(item, str(item), output_dir / f"{output_name(Path(item.name))}.png"))
+        else:
+            missing.append(f"{item}: no such file or folder")
+    input_files = {job.path.resolve() for job in jobs}
+    claimed: dict[Path, str] = {}
+    for job in jobs:
+        targets = [job.mask] + [job.mask.with_name(job.mask.stem + EXTRA_OUTPUTS[e]) for e in sorted(extras)]
+        for target in targets:
+            if target in input_files:
+                raise OutputLocationError(f"{target} would overwrite the input file of the same name; choose an "
+                                          f"--output folder outside the inputs")
+        clash = next((claimed[t] for t in targets if t in claimed), None)
+        if clash:
+            job.refused = f"{job.shown}: skipped, its outputs would overwrite those of {clash}"
+        else:
+            claimed.update(dict.fromkeys(targets, job.shown))
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputLocationError(f"--output {output_dir}: cannot create the folder ({err.strerror or err})") from None
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise OutputLocationError(f"--output {output_dir}: folder is not writable")
+    return jobs, missing
+
+
+@dataclass
+class Options:
+    overlay: bool = False
+    probabilities: bool = False
+    seg: bool = False
+    patient_fields: bool = False
+
+    def extras(self) -> set[str]:
+        """The outputs written beside each mask: the label map always, the others when asked for."""
+        return {"labels"} | {name for name in ("overlay", "probabilities", "seg") if getattr(self, name)}
+
+
+@dataclass
+class PredictionSummary:
+    written: int = 0
+    failed: list[str] = field(default_factory=list)  # "path: problem"
+    skipped: list[str] = field(default_factory=list)  # not images: "path: reason"
+    flagged: int = 0
+    provider: str = ""
+    seconds: float = 0.0
+    stopped: str = ""  # why the batch stopped early (a failed write), else ""
+
+    @property
+    def images_per_second(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        return (f"{self.written} masks written, {len(self.failed)} failed, {len(self.skipped)} skipped (not images), "
+                f"{self.flagged} flagged for review, {self.seconds:.1f} s, {self.images_per_second:.1f} images/s "
+                f"on {self.provider}")
+
+
+def _read(path: Path) -> Xray | ImageReadError:
+    try:
+        return read_xray(path)
+    except ImageReadError as err:
+        return err
+
+
+def _write_results(segmenter: Segmenter, job: Job, xray: Xray, low_res: np.ndarray, options: Options,
+                   output_dir: Path) -> dict:
+    result = segmenter.complete(xray, low_res)
+    shown = lambda path: str(path.relative_to(output_dir))  # noqa: E731  outputs are named within the folder
+    row = {"mask": shown(job.mask), "width": xray.pixels.shape[1], "height": xray.pixels.shape[0],
+           "source_format": xray.source_format, "bits_stored": xray.bits_stored, **result.fields,
+           "status": "review" if result.fields["needs_review"] else "ok"}
+    spacing = xray.dicom.get("pixel_spacing_mm")
+    row.update({key: xray.dicom.get(key, "") for key in REPORT_COLUMNS[-5:] + PATIENT_COLUMNS})
+    row.update(pixel_spacing_mm="x".join(f"{v:g}" for v in spacing) if spacing else "",
+               pixel_spacing_source=xray.dicom.get("pixel_spacing_source", ""))
+    extra = {name: job.mask.with_name(job.mask.stem + suffix) for name, suffix in EXTRA_OUTPUTS.items()}
+    if options.seg and xray.header is not None:
+        from lungseg.runtime import dicom_seg  # highdicom: only when asked for
+
+        files.write_bytes(extra["seg"], dicom_seg.segmentation_bytes(xray.header, result.labels, segmenter.model))
+        row["seg"] = shown(extra["seg"])
+    files.write_png(extra["labels"], result.labels)
+    row["labels"] = shown(extra["labels"])
+    if options.overlay:
+        files.write_png(extra["overlay"], outline_overlay(xray.pixels, result.labels))
+        row["overlay"] = shown(extra["overlay"])
+    if options.probabilities:
+        files.write_png(extra["probabilities"], probability_png(result.probabilities))
+        row["probability"] = shown(extra["probabilities"])
+    files.write_png(job.mask, mask_png(result.mask))  # last: a mask on disk means all of its outputs are there
+    return row
+
+
+def report_csv(rows: list[dict], patient_fields: bool) -> str:
+    """report.csv's text: one row per input, empty cells where a value does not apply (integers stay integers)."""
+    columns = REPORT_COLUMNS + (PATIENT_COLUMNS if patient_fields else [])
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: "" if row.get(key) is None else row.get(key, "") for key in columns})
+    return buffer.getvalue()
+
+
+def predict_files(segmenter: Segmenter, jobs: list[Job], output_dir: str | Path, options: Options,
+                  show_progress: bool = True) -> PredictionSummary:
+    """Write the results of every readable input, plus report.csv; problems are reported per file.
+
+    Decoding the next files and post-processing and writing the previous ones run in a thread pool while the
+    model runs (ONNX Runtime, OpenCV and PIL release the GIL), so I/O is hidden behind the model.
+    """
+    output_dir = Path(output_dir).resolve()
+    files.clear_temporaries(output_dir)
+    summary = PredictionSummary(provider=segmenter.provider)
+    results: list[tuple[Job, dict | Future]] = []
+    write_failures: list[str] = []  # filled by the pool as soon as a write fails
+
+    def note_failure(future: Future) -> None:
+        if isinstance(future.exception(), files.OutputError):
+            write_failures.append(str(future.exception()))
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reads: deque[Future] = deque(pool.submit(_read, job.path) for job in jobs[:LOOKAHEAD])
+        for index, job in enumerate(tqdm(jobs, desc="predict", unit="img", disable=not show_progress)):
+            xray = reads.popleft().result()
+            if index + LOOKAHEAD < len(jobs):
+                reads.append(pool.submit(_read, jobs[index + LOOKAHEAD].path))
+            if write_failures:
+                results.append((job, {"status": f"not done: the batch stopped at a failed write: {write_failures[0]}"}))
+            elif job.refused:
+                results.append((job, {"status": f"error: {job.refused}"}))
+            elif isinstance(xray, NotAnImage):
+                results.append((job, {"status": f"skipped: {xray}"}))
+            elif isinstance(xray, ImageReadError):
+                results.append((job, {"status": f"error: {xray}"}))
+            else:
+                low_res = segmenter.model_probabilities(xray.pixels)
+                future = pool.submit(_write_results, segmenter, job, xray, low_res, options, output_dir)
+                future.add_done_callback(note_failure)
+                results.append((job, future))
+        rows = [{"file": job.shown, **_settle(result)} for job, result in results]
+    summary.seconds = time.perf_counter() - start
+    summary.stopped = write_failures[0] if write_failures else ""
+    for row in rows:
+        status = row["status"]
+        if status.startswith("skipped: "):
+            summary.skipped.append(status[len("skipped: "):])
+        elif status.startswith(("error: ", "not done: ")):
+            summary.failed.append(f"{row['file']}: {status.split(': ', 1)[1]}" if status.startswith("not done")
+                                  else status[len("error: "):])
+        else:
+            summary.written += 1
+            summary.flagged += bool(row.get("needs_review"))
+    try:
+        files.write_text(output_dir / "report.csv", report_csv(rows, options.patient_fields))
+    except files.OutputError as err:
+        summary.stopped = summary.stopped or str(err)
+    return summary
+
+
+def _settle(result: dict | Future) -> dict:
+    if not isinstance(result, Future):
+        return result
+    try:
+        return result.result()
+    except files.OutputError as err:
+        return {"status": f"error: {err}"}

@@ -1,0 +1,26 @@
+"""The GPU check's dry run (2 epochs, 64 px, a few images, CPU) goes through every step the real check takes,
+so the script cannot rot between the sessions that have a GPU."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.e2e
+
+
+def test_the_dry_run_trains_scores_and_exports_both_recipes(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "gpu_check.py"), "--dry-run", "--out",
+                             str(tmp_path), "--wheels", str(tmp_path / "no-wheels")],
+                            cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert set(report["recipes"]) == {"paper-resnet101", "lungseg-resnet101-gpu"}
+    for measured in report["recipes"].values():
+        assert measured["epochs_run"] == 2 and measured["images_per_second"] > 0
+        assert 0 <= measured["test"]["test/dice"] <= 1 and "test/montgomery/dice" in measured["test"]
+        assert "test/dice_worst5pct" in measured["test"] and measured["training_gflop_per_image"] > 0
+    assert report["export"]["export/mask_agreement"] > 0.9999
+    assert (tmp_path / "model.onnx").is_file() and (tmp_path / "gpu_check.log").read_text()

@@ -1,0 +1,143 @@
+"""`lungseg predict` under hostile conditions: nothing already there is overwritten, a folder is never read
+partly, a full disk or a kill leaves only complete files, and the exit code tells what happened."""
+import csv
+import os
+import signal
+import stat
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lungseg.cli import main
+from lungseg.runtime import files
+from conftest import BIN, SOURCES
+
+
+@pytest.fixture
+def folder(tmp_path, real_xray):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray(real_xray[0]).save(inputs / f"{name}.png")
+    return inputs
+
+
+def predict(*args) -> int:
+    return main(["predict", *map(str, args), "--quiet"])
+
+
+def test_an_input_folder_as_output_is_refused_before_any_work(folder, tiny_onnx, capsys):
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert predict(folder, "--model", tiny_onnx, "--output", folder) == 3
+    assert "is (inside) the input folder" in capsys.readouterr().err
+    assert predict(folder, "--model", tiny_onnx, "--output", folder / "masks") == 3
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing written, nothing overwritten
+
+
+def test_an_output_that_would_overwrite_an_input_file_is_refused(folder, tiny_onnx, tmp_path, capsys):
+    code = predict(folder / "a.png", "--model", tiny_onnx, "--output", folder)
+    assert code == 3 and "would overwrite the input file" in capsys.readouterr().err
+
+
+def test_extra_outputs_never_take_the_name_of_another_inputs_mask(folder, tiny_onnx, tmp_path, capsys):
+    Image.open(folder / "b.png").save(folder / "a_overlay.png")
+    out = tmp_path / "out"
+    assert predict(folder, "--model", tiny_onnx, "--output", out, "--overlay") == 1
+    with open(out / "report.csv", newline="") as handle:
+        report = {row["file"]: row for row in csv.DictReader(handle)}
+    assert report["a.png"]["overlay"] == "a_overlay.png"
+    assert "outputs would overwrite those of a.png" in report["a_overlay.png"]["status"]
+    assert Image.open(out / "a_overlay.png").mode == "RGB"  # the overlay of a.png, not a mask
+
+
+def test_folders_are_read_whole_by_content(folder, tiny_onnx, tmp_path, real_xray, capsys):
+    (folder / "sub").mkdir()
+    Image.fromarray(real_xray[0]).save(folder / "sub" / "film.tiff")
+    Image.fromarray(real_xray[0]).save(folder / "sub" / "noextension", format="PNG")
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    assert predict(folder, "--model", tiny_onnx, "--output", out) == 0
+    assert (out / "sub" / "film.png").is_file() and (out / "sub" / "noextension.png").is_file()
+    printed = capsys.readouterr()
+    assert "5 masks written, 0 failed, 1 skipped" in printed.out and "notes.txt" in printed.err
+
+
+def test_an_unwritable_output_path_is_one_clear_line(folder, tiny_onnx, tmp_path, capsys):
+    (tmp_path / "file").write_text("a regular file")
+    assert predict(folder, "--model", tiny_onnx, "--output", tmp_path / "file" / "out") == 3
+    err = capsys.readouterr().err
+    assert "cannot create the folder" in err and "Traceback" not in err
+
+
+def test_outputs_follow_the_umask(folder, tiny_onnx, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        predict(folder, "--model", tiny_onnx, "--output", tmp_path / "out")
+    finally:
+        os.umask(previous)
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out").iterdir()}
+    assert modes == {0o644}
+
+
+def test_a_full_disk_stops_the_batch_and_still_writes_the_report(folder, tiny_onnx, tmp_path, monkeypatch, capsys):
+    real_write = files.write_bytes
+    written = []
+
+    def disk_fills_after_two_files(path, data):
+        if str(path).endswith(".png") and len(written) >= 2:
+            raise files.OutputError(f"{path}: cannot write (No space left on device)")
+        written.append(path)
+        real_write(path, data)
+
+    monkeypatch.setattr(files, "write_bytes", disk_fills_after_two_files)
+    out = tmp_path / "out"
+    assert predict(folder, "--model", tiny_onnx, "--output", out) == 3
+    err = capsys.readouterr().err
+    assert "stopped: " in err and "No space left on device" in err
+    with open(out / "report.csv", newline="") as handle:
+        statuses = [row["status"] for row in csv.DictReader(handle)]
+    assert len(statuses) == 3 and statuses[0] in ("ok", "review") and any("No space" in s for s in statuses)
+    assert not [p for p in out.iterdir() if p.name.startswith(files.TEMPORARY_PREFIX)]
+
+
+def test_a_killed_batch_leaves_only_complete_files_and_the_next_run_clears_its_temporaries(tmp_path, tiny_onnx):
+    inputs = sorted(SOURCES.glob("shenzhen/images/*"))[:150]
+    out = tmp_path / "out"
+    process = subprocess.Popen([str(BIN / "lungseg"), "predict", *map(str, inputs), "--model", str(tiny_onnx),
+                                "--output", str(out), "--quiet", "--probabilities"])
+    deadline = time.monotonic() + 60
+    while len(list(out.glob("*.png"))) < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = [p for p in out.iterdir() if not p.name.startswith(".")]
+    assert finished and not (out / "report.csv").exists()
+    for path in finished:
+        with Image.open(path) as picture:
+            picture.load()  # every visible file is complete
+    (out / f"{files.TEMPORARY_PREFIX}leftover-x.png").write_bytes(b"half")
+    assert main(["predict", *map(str, inputs[:3]), "--model", str(tiny_onnx), "--output", str(out), "--quiet"]) == 0
+    assert not [p for p in out.iterdir() if p.name.startswith(files.TEMPORARY_PREFIX)]
+
+
+def test_report_numbers_stay_integers_when_some_rows_are_errors(folder, tiny_onnx, tmp_path):
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
+    out = tmp_path / "out"
+    assert predict(folder, "--model", tiny_onnx, "--output", out) == 1
+    with open(out / "report.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    good = [row for row in rows if row["status"] in ("ok", "review")]
+    assert {row["width"] for row in good} == {"512"} and all(row["regions"].isdigit() for row in good)
+    assert [row["width"] for row in rows if row["status"].startswith("error")] == [""]
+
+
+def test_exit_codes(folder, tiny_onnx, tmp_path):
+    assert predict(folder, "--model", tiny_onnx, "--output", tmp_path / "o1") == 0
+    assert predict(folder / "missing.png", folder / "a.png", "--model", tiny_onnx, "--output", tmp_path / "o2") == 1
+    with pytest.raises(SystemExit) as usage:
+        main(["predict", "--bogus"])
+    assert usage.value.code == 2
+    assert predict(folder, "--model", tmp_path / "none.onnx", "--output", tmp_path / "o3") == 3

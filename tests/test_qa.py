@@ -1,0 +1,47 @@
+"""QA flags: what makes a result worth a person's look."""
+import numpy as np
+
+from lungseg.runtime import qa
+
+RANGE = (0.08, 0.44)
+
+
+def two_lungs(size: int = 100) -> np.ndarray:
+    mask = np.zeros((size, size), dtype=bool)
+    mask[20:80, 10:40] = True
+    mask[20:80, 60:90] = True
+    return mask
+
+
+def confident(mask: np.ndarray) -> np.ndarray:
+    return np.where(mask, 0.99, 0.01).astype(np.float32)
+
+
+def test_a_plausible_confident_mask_is_not_flagged():
+    mask = two_lungs()
+    fields = qa.describe(mask, confident(mask), 0.5, RANGE, (1800, 1800))
+    assert fields["qa_flags"] == "" and not fields["needs_review"]
+    assert fields["regions"] == 2 and fields["lung_fraction"] == 0.36 and fields["mean_confidence"] == 0.99
+
+
+def test_an_empty_mask_is_flagged_as_no_lung():
+    mask = np.zeros((100, 100), dtype=bool)
+    fields = qa.describe(mask, np.zeros((100, 100), np.float32), 0.5, RANGE, (0, 0))
+    assert "no_lung" in fields["qa_flags"] and "regions=0" in fields["qa_flags"] and fields["needs_review"]
+
+
+def test_one_lung_missing_is_flagged():
+    mask = two_lungs()
+    mask[:, 50:] = False
+    mask[20:80, 50:55] = True  # a sliver where the left lung should be
+    fields = qa.describe(mask, confident(mask), 0.5, RANGE, (1800, 300))
+    assert "one_lung_small_or_missing" in fields["qa_flags"]
+
+
+def test_uncertain_and_implausible_masks_are_flagged():
+    mask = two_lungs()
+    unsure = np.where(mask, 0.6, 0.4).astype(np.float32)
+    flags = qa.describe(mask, unsure, 0.5, RANGE)["qa_flags"]
+    assert "low_confidence" in flags and "uncertain_boundary" in flags
+    huge = np.ones((100, 100), dtype=bool)
+    assert "lung_fraction_outside_0.08-0.44" in qa.describe(huge, confident(huge), 0.5, RANGE)["qa_flags"]

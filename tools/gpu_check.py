@@ -1,0 +1,273 @@
+"""Everything a GPU user hits, checked in one run on a GPU host: the `gpu` tests, then the paper's recipe and ours
+at ResNet-101 trained through the train stage's own functions, each scored on the test split at 512x512 with the
+evaluate stage's code, and the better one exported to ONNX with the parity check.
+
+The GPU host needs python3 with torch, torchvision, numpy, pandas, OpenCV, Pillow, onnx, onnxscript,
+onnxruntime, PyYAML, tqdm and pytest; what the library needs besides (albumentations and its dependencies,
+pydantic) travels as wheels built beforehand by `make gpu-wheels`. No DVC, MLflow or network is needed.
+
+    make gpu-wheels                                   # where PyPI is reachable: wheels into gpu-wheels/
+    make gpu-check                                    # on the GPU host: results in gpu-check/
+    python3 tools/gpu_check.py --dry-run --out /tmp/c # 2 epochs, 64 px, a few images, on the CPU (the test suite)
+
+Writes OUT/gpu_check.log (everything printed) and OUT/gpu_check.json (per recipe: epochs planned and run,
+seconds per epoch, images per second, peak GPU memory, GPU busy share, model FLOP utilisation against the
+GPU's bf16 dense peak, test Dice/IoU overall, per source and worst 5%; the gpu tests' outcome; the export).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = {"paper-resnet101": REPO / "recipes" / "paper-resnet101.args",
+           "lungseg-resnet101-gpu": REPO / "recipes" / "lungseg-resnet101-gpu.args"}
+# bf16 dense tensor-core peaks (FLOP/s) from NVIDIA's data sheets, by a part of the device name.
+BF16_PEAKS = {"H200": 989.4e12, "H100 PCIe": 756.0e12, "H100 NVL": 835.0e12, "H100": 989.4e12, "A100": 312.0e12,
+              "L40S": 362.0e12, "RTX 4090": 165.2e12}
+DRY_RUN = {"train": {"image_size": 64, "epochs": 2, "batch_size": 4, "device": "cpu", "num_workers": 0},
+           "evaluate": {"batch_size": 4}}
+DRY_RUN_PAIRS = 12  # per source
+
+
+class Tee:
+    """Print to the terminal and to the log file at once."""
+
+    def __init__(self, path: Path):
+        self.file, self.stdout = open(path, "w"), sys.stdout
+
+    def write(self, text: str) -> None:
+        self.stdout.write(text)
+        self.file.write(text)
+        self.file.flush()
+
+    def flush(self) -> None:
+        self.stdout.flush()
+
+
+def install_wheels(folder: Path, target: Path) -> list[str]:
+    """pip-install the carried wheels into a temporary target and put it first on sys.path (no network)."""
+    wheels = sorted(folder.glob("*.whl"))
+    if not wheels:
+        return []
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target",
+                    str(target), *map(str, wheels)], check=True)
+    sys.path.insert(0, str(target))
+    return [w.name for w in wheels]
+
+
+def run_gpu_tests(out: Path, extra_path: str) -> dict:
+    """The tests marked gpu, in a subprocess, with the same import path as this check."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [extra_path, str(REPO / "src"),
+                                                                     os.environ.get("PYTHONPATH", "")]))}
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+                             f"--junitxml={out / 'gpu_tests.xml'}", str(REPO / "tests")],
+                            cwd=REPO, env=env, capture_output=True, text=True)
+    print(result.stdout[-3000:], result.stderr[-2000:])
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    return {"exit_code": result.returncode, "summary": summary, "seconds": time.perf_counter() - start}
+
+
+class GpuSampler:
+    """Samples the GPU's utilisation (NVML) a few times a second while a block runs: the busy share."""
+
+    def __init__(self):
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._handle, self._nvml = pynvml.nvmlDeviceGetHandleByIndex(0), pynvml
+        except Exception:  # no NVML (CPU dry run): no samples
+            self._nvml = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.samples.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+
+    def __enter__(self):
+        if self._nvml:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+
+    @property
+    def busy(self) -> float | None:
+        return sum(self.samples) / len(self.samples) / 100 if self.samples else None
+
+
+def prepare(raw_params: dict, work: Path, dry_run: bool):
+    """The prepare and augment stages' library calls: the manifest and the augmentation pipeline in `work`."""
+    from lungseg import augment, data, tables
+    from lungseg.config import parse_params
+
+    params = parse_params(raw_params)
+    records, _ = data.collect_records([REPO / source for source in params.prepare.sources], skip_bad=False)
+    if dry_run:
+        records = records.groupby("source", group_keys=False).apply(lambda part: part.head(DRY_RUN_PAIRS))
+    records["split"] = data.assign_splits(records, params.prepare.split.model_dump(), params.seed)
+    tables.write_manifest(work / "manifest.csv", records)
+    augment.save_pipeline(augment.build_augmentations(params.augment), work / "pipeline.yaml")
+    return work / "manifest.csv", work / "pipeline.yaml"
+
+
+def deep_update(base: dict, changes: dict) -> dict:
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def train_recipe(name: str, raw: dict, manifest: Path, pipeline: Path, work: Path, budget_s: float) -> dict:
+    """Calibrate on two epochs, fit the recipe's epochs into the budget, train with the train stage's functions
+    (tracking off), and measure speed, memory, GPU busy share and FLOP utilisation."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lungseg import checkpoint, trainer
+    from lungseg.config import parse_params
+    from lungseg.model import build_model
+
+    planned = raw["train"]["epochs"]
+    inputs = trainer.TrainInputs(work / "params.yaml", manifest, pipeline)
+
+    def fit(epochs: int, tag: str):
+        params = parse_params(deep_update(json.loads(json.dumps(raw)), {"train": {"epochs": epochs}}))
+        destinations = checkpoint.Destinations(work / f"{name}-{tag}.pt", work / f"{name}-{tag}-state.pt", {})
+        return params, trainer.train(params, inputs, destinations, {}, work, track=False)
+
+    _, calibration = fit(min(2, planned), "calibration")
+    seconds_per_epoch = calibration.history[-1]["seconds"]
+    epochs = max(1, min(planned, int(budget_s / max(seconds_per_epoch, 1e-6))))
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    with GpuSampler() as sampler:
+        params, result = fit(epochs, "run")
+    wall = time.perf_counter() - start
+    history = result.history
+    images_per_second = sum(r["train/images_per_second"] * r["seconds"] for r in history) / sum(
+        r["seconds"] for r in history)
+    size = params.train.image_size
+    with FlopCounterMode(display=False) as counter:
+        build_model(params.model, 1)(torch.rand(1, 1, size, size))
+    training_flops = 3 * counter.get_total_flops()  # forward + backward (about twice the forward)
+    device_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
+    peak = next((flops for key, flops in BF16_PEAKS.items() if key in device_name), None)
+    achieved = training_flops * images_per_second
+    return {
+        "recipe": name, "device": device_name, "epochs_planned": planned, "epochs_run": epochs,
+        "seconds_per_epoch": wall / epochs, "train_wall_seconds": wall,
+        "extrapolated_seconds_for_planned_epochs": wall / epochs * planned,
+        "images_per_second": images_per_second,
+        "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        "gpu_busy_share": sampler.busy, "training_gflop_per_image": training_flops / 1e9,
+        "achieved_tflops": achieved / 1e12, "bf16_dense_peak_tflops": peak / 1e12 if peak else None,
+        "model_flop_utilisation": achieved / peak if peak else None,
+        "best_val_dice": result.summary["best/val/dice"], "best_epoch": result.summary["best/epoch"],
+        "checkpoint": str(work / f"{name}-run.pt"),
+    }
+
+
+def score(checkpoint_path: str, manifest: Path, raw: dict) -> dict:
+    """The evaluate stage's scoring: the test split at the masks' 512x512, per source, worst 5%."""
+    from lungseg import checkpoint, engine, evaluation, tables
+
+    trained = checkpoint.load(checkpoint_path)
+    config = trained.params.evaluate
+    inference = evaluation.checkpoint_inference(trained, config.threshold, config.postprocess, config.batch_size,
+                                                engine.select_device(raw["train"]["device"]))
+    metrics = evaluation.split_metrics(evaluation.score_split(
+        tables.split_rows(tables.read_manifest(manifest), "test"), inference), "test")
+    keep = ("dice", "iou", "dice_worst5pct", "dice_min")
+    return {key: value for key, value in metrics.items() if key.rsplit("/", 1)[-1] in keep}
+
+
+def export_best(checkpoint_path: str, manifest: Path, out: Path) -> dict:
+    """The export stage's conversion and parity check (ONNX Runtime's CPU build against PyTorch)."""
+    from lungseg import checkpoint, data, evaluation, export, tables
+    from lungseg.runtime.decode import read_grayscale
+
+    trained = checkpoint.load(checkpoint_path)
+    params = trained.params
+    inference = evaluation.checkpoint_inference(trained, params.evaluate.threshold, params.evaluate.postprocess, 8)
+    rows = tables.read_manifest(manifest)
+    card = export.model_card(inference, trained.in_channels, params.model.input_mean, params.model.input_std,
+                             data.lung_fraction_range(tables.split_rows(rows, "train")), data.source_licences(rows),
+                             params.model_dump(mode="json"), {}, "gpu-check", trained.weights_sha256())
+    path = out / "model.onnx"
+    export.write_model(path, export.with_card(export.export_graph(
+        trained.build_model(), inference.image_size, trained.in_channels, params.export.opset), card))
+    parity_rows = tables.split_rows(rows, "test").head(params.export.parity_images)
+    result = export.parity(path, inference, [read_grayscale(p) for p in parity_rows["image_path"]])
+    export.check_parity(result, params.export.max_logit_diff, params.export.min_mask_agreement)
+    return {**result, "onnx": str(path)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.log and gpu_check.json")
+    parser.add_argument("--wheels", type=Path, default=REPO / "gpu-wheels", help="wheels from `make gpu-wheels`")
+    parser.add_argument("--budget-s", type=float, default=150.0, help="training seconds per recipe (cuts epochs)")
+    parser.add_argument("--dry-run", action="store_true", help="2 epochs, 64 px, a few images, on the CPU")
+    parser.add_argument("--skip-tests", action="store_true", help="do not run the tests marked gpu")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    sys.stdout = Tee(args.out / "gpu_check.log")
+    started = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="lungseg-gpu-check-"))
+    installed = install_wheels(args.wheels, work / "site") if args.wheels.is_dir() else []
+    sys.path.insert(0, str(REPO / "src"))
+    import yaml
+
+    results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "dry_run": args.dry_run,
+                     "python": platform.python_version(), "wheels_installed": installed, "recipes": {}}
+    import torch
+
+    results["torch"], results["cuda"] = torch.__version__, torch.cuda.is_available()
+    results["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    print(f"lungseg GPU check on {results['device']} (torch {torch.__version__}), dry run: {args.dry_run}")
+    if not args.skip_tests and not args.dry_run:
+        results["gpu_tests"] = run_gpu_tests(args.out, str(work / "site") if installed else "")
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    if args.dry_run:
+        base = deep_update(base, {"train": {"device": "cpu"}})
+    manifest, pipeline = prepare(base, work, args.dry_run)
+    from lungseg import recipes
+
+    for name, recipe in RECIPES.items():
+        raw = recipes.apply(base, recipe)
+        if args.dry_run:
+            raw = deep_update(raw, DRY_RUN)
+        (work / "params.yaml").write_text(yaml.safe_dump(raw))
+        print(f"\n== {name}: {recipe.relative_to(REPO)}")
+        measured = train_recipe(name, raw, manifest, pipeline, work, args.budget_s)
+        measured["test"] = score(measured["checkpoint"], manifest, raw)
+        results["recipes"][name] = measured
+        print(json.dumps({k: v for k, v in measured.items() if k != "checkpoint"}, indent=2))
+    best = max(results["recipes"].values(), key=lambda r: r["test"]["test/dice"])
+    results["export"] = {"recipe": best["recipe"], **export_best(best["checkpoint"], manifest, args.out)}
+    results["seconds"] = time.perf_counter() - started
+    (args.out / "gpu_check.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {args.out / 'gpu_check.json'} after {results['seconds']:.0f} s")
+    tests_ok = results.get("gpu_tests", {}).get("exit_code", 0) == 0
+    return 0 if tests_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
