@@ -28,17 +28,24 @@ TINY_OVERRIDES = {
 
 def real_pair_names(source: str, count: int) -> list[str]:
     """The first `count` normal and `count` TB names of a shipped source, for stratified tiny splits."""
-    names = sorted(p.stem for p in (SOURCES / source / "images").glob("*.png"))
+    names = sorted(p.stem for p in (SOURCES / source / "images").iterdir())
     normal = [n for n in names if n.endswith("_0")][:count]
     tb = [n for n in names if n.endswith("_1")][:count]
     return normal + tb
 
 
+def shipped_image(source: str, name: str) -> Path:
+    """The shipped X-ray of a pair, whatever its format (the sources ship JPEG; PNG and JPEG are both read)."""
+    return next((SOURCES / source / "images").glob(f"{name}.*"))
+
+
 def copy_pairs(source: str, names: list[str], target: Path) -> Path:
     for sub in ("images", "masks"):
         (target / sub).mkdir(parents=True, exist_ok=True)
-        for name in names:
-            shutil.copy(SOURCES / source / sub / f"{name}.png", target / sub / f"{name}.png")
+    for name in names:
+        image = shipped_image(source, name)
+        shutil.copy(image, target / "images" / image.name)
+        shutil.copy(SOURCES / source / "masks" / f"{name}.png", target / "masks" / f"{name}.png")
     return target
 
 
@@ -94,7 +101,7 @@ def real_xray() -> tuple[np.ndarray, np.ndarray]:
     from lungseg.runtime.decode import read_grayscale
 
     name = "MCUCXR_0001_0"
-    return (read_grayscale(SOURCES / "montgomery" / "images" / f"{name}.png"),
+    return (read_grayscale(shipped_image("montgomery", name)),
             read_mask(SOURCES / "montgomery" / "masks" / f"{name}.png"))
 
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -71,12 +73,12 @@ def test_split_counts_per_source(sources):
 
 def first_pair(source_dir):
     image = sorted((source_dir / "images").iterdir())[0]
-    return image, source_dir / "masks" / image.name
+    return image, source_dir / "masks" / f"{image.stem}.png"
 
 
 def test_corrupt_image_is_named(sources):
     image, _ = first_pair(sources[0])
-    image.write_bytes(image.read_bytes()[:400])  # truncated PNG
+    image.write_bytes(image.read_bytes()[:400])  # a JPEG cut short
     with pytest.raises(ImageReadError, match=image.name):
         collect_records(sources, skip_bad=False)
 
@@ -154,3 +156,19 @@ def test_rgb_and_16_bit_images_are_converted_explicitly(tmp_path, real_xray):
     assert np.array_equal(read_grayscale(tmp_path / "deep.png"), image)
     Image.fromarray(mask.astype(np.uint8) * 255).convert("RGB").save(tmp_path / "mask_rgb.png")
     assert np.array_equal(read_mask(tmp_path / "mask_rgb.png"), mask)
+
+
+def test_png_and_jpeg_images_mix_in_one_source(sources):
+    image, _ = first_pair(sources[0])
+    Image.open(image).save(image.with_suffix(".png"))
+    image.unlink()
+    records, problems = collect_records(sources, skip_bad=False)
+    assert problems == [] and len(records) == 20
+    assert {Path(p).suffix for p in records["image_path"]} == {".png", ".jpg"}
+
+
+def test_two_images_of_one_name_are_refused_by_name(sources):
+    image, _ = first_pair(sources[0])
+    Image.open(image).save(image.with_suffix(".png"))
+    with pytest.raises(DataError, match=f"{image.stem}.png: {image.name} has the same name"):
+        collect_records(sources, skip_bad=False)

@@ -45,8 +45,8 @@ def test_the_pulled_clone_is_up_to_date_and_needs_no_training(pushed_and_pulled)
 
 def test_the_pulled_model_predicts(pushed_and_pulled, tmp_path):
     _, clone, env, _, _ = pushed_and_pulled
-    images = sorted((SOURCES / "montgomery" / "images").glob("*.png"))[-2:]
+    images = sorted((SOURCES / "montgomery" / "images").iterdir())[-2:]
     run([str(BIN / "lungseg"), "predict", *map(str, images), "--output", str(tmp_path)], clone, env)
     for image in images:
-        mask = np.asarray(Image.open(tmp_path / image.name))
+        mask = np.asarray(Image.open(tmp_path / f"{image.stem}.png"))
         assert mask.shape == (512, 512) and set(np.unique(mask)) <= {0, 255}

@@ -8,12 +8,12 @@ from lungseg import export
 from lungseg.runtime import files
 from lungseg.runtime.decode import read_grayscale
 from lungseg.runtime.model_file import CARD_FORMAT, CARD_KEY, INPUT_NAME, card_path_for, load_model
-from conftest import SOURCES, TINY_SIZE, real_pair_names, tiny_inference
+from conftest import TINY_SIZE, real_pair_names, shipped_image, tiny_inference
 
 
 def real_images(count: int):
     names = real_pair_names("shenzhen", count)
-    return [read_grayscale(SOURCES / "shenzhen" / "images" / f"{n}.png") for n in names]
+    return [read_grayscale(shipped_image("shenzhen", n)) for n in names]
 
 
 def test_onnx_file_passes_the_checker_with_a_dynamic_batch(tiny_onnx):

@@ -77,10 +77,10 @@ def test_every_training_run_is_in_mlflow_with_test_results_and_onnx_model(repo):
 
 def test_predict_with_the_exported_model(repo, tmp_path):
     root, env = repo
-    images = sorted((SOURCES / "shenzhen" / "images").glob("*.png"))[-3:]
+    images = sorted((SOURCES / "shenzhen" / "images").iterdir())[-3:]
     run([str(BIN / "lungseg"), "predict", *map(str, images), "--output", str(tmp_path)], root, env)
     for image in images:
-        mask = np.asarray(Image.open(tmp_path / image.name))
+        mask = np.asarray(Image.open(tmp_path / f"{image.stem}.png"))
         assert mask.shape == (512, 512) and set(np.unique(mask)) <= {0, 255}
 
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from lungseg.cli import main
-from conftest import SOURCES
+from conftest import shipped_image
 
 @pytest.fixture
 def inputs(tmp_path, real_xray):
@@ -20,7 +20,7 @@ def inputs(tmp_path, real_xray):
     Image.fromarray(image).resize((700, 333)).convert("RGB").save(folder / "wide_rgb.png")
     Image.fromarray(image.astype(np.uint16) * 257).save(folder / "deep16.png")
     Image.fromarray(image).convert("RGB").save(folder / "photo.jpg", quality=90)
-    shutil.copy(SOURCES / "shenzhen" / "images" / "CHNCXR_0001_0.png", folder / "CHNCXR_0001_0.png")
+    shutil.copy(shipped_image("shenzhen", "CHNCXR_0001_0"), folder / "CHNCXR_0001_0.jpg")
     return folder
 
 

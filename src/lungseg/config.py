@@ -57,26 +57,42 @@ class PrepareConfig(_Strict):
     on_bad_pair: Literal["fail", "skip"] = "fail"
 
 
+def _ordered_pair(name: str, low_bound: float, value: tuple[float, float]) -> tuple[float, float]:
+    low, high = value
+    if not low_bound < low <= high:
+        raise ValueError(f"{name} must be {low_bound} < low <= high, got {list(value)}")
+    return value
+
+
 class AugmentConfig(_Strict):
     rotate_limit: Real = Field(ge=0, le=45)
-    scale_limit: Real = Field(ge=0, lt=1)
+    scale_range: tuple[Real, Real]
     shift_limit: Real = Field(ge=0, lt=0.5)
     affine_p: Real = Field(ge=0, le=1)
+    white_border_share: Real = Field(ge=0, le=1)
     brightness_limit: Real = Field(ge=0, lt=1)
-    contrast_limit: Real = Field(ge=0, lt=1)
+    contrast_range: tuple[Real, Real]
     brightness_contrast_p: Real = Field(ge=0, le=1)
     gamma_limit: tuple[Real, Real]
     gamma_p: Real = Field(ge=0, le=1)
+    marker_p: Real = Field(ge=0, le=1)
     horizontal_flip_p: Real = Field(ge=0, le=1)
     preview_count: StrictInt = Field(ge=1, le=64)
 
     @field_validator("gamma_limit")
     @classmethod
-    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
-        low, high = value
-        if not 0 < low <= high:
-            raise ValueError(f"gamma_limit must be 0 < low <= high, got {list(value)}")
-        return value
+    def _gamma_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        return _ordered_pair("gamma_limit", 0, value)
+
+    @field_validator("scale_range")
+    @classmethod
+    def _scale_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        return _ordered_pair("scale_range", 0, value)
+
+    @field_validator("contrast_range")
+    @classmethod
+    def _contrast_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        return _ordered_pair("contrast_range", -1, value)
 
 
 class ModelConfig(_Strict):

@@ -1,0 +1,95 @@
+"""Training speed of the default model on this CPU: seconds per step (forward, loss, backward, Adam) and
+images per second at several input sizes and memory formats, in the precision the train stage uses here,
+with the achieved GFLOP/s against the CPU's peak; --profile adds where a step's time goes, by operator.
+
+    .venv/bin/python benchmarks/training_speed.py --sizes 128 160 224 --profile
+    ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python benchmarks/training_speed.py   # an AVX2-only CPU, on an AMX one
+
+Peaks, per core and cycle: 32 float32 FLOP with AVX2 (2 FMA units x 8 lanes x 2), 64 with AVX-512; the clock
+is /proc/cpuinfo's. FLOPs per image: 3 x the forward's (torch FlopCounterMode), the usual training estimate.
+"""
+import argparse
+import re
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+from lungseg import engine
+from lungseg.config import load_params
+from lungseg.losses import build_loss
+from lungseg.model import build_model
+from training_precision import seconds_per_step
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+KINDS = {  # profiler operator names, grouped
+    "convolution": ("convolution", "conv2d", "mkldnn_convolution", "convolution_backward"),
+    "batch norm": ("batch_norm",),
+    "ReLU": ("clamp_min", "threshold_backward", "relu"),
+    "transposed conv": ("conv_transpose",),
+    "optimizer": ("_foreach", "adam", "addcdiv", "lerp"),
+}
+
+
+def cpu_peak_gflops(cores: int) -> tuple[float, str]:
+    """Float32 FMA peak of `cores` cores at /proc/cpuinfo's clock, and which vector unit it assumes."""
+    info = Path("/proc/cpuinfo").read_text()
+    ghz = max(float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", info)) / 1000
+    wide = re.search(r"\bavx512f\b", info) and "AVX2" not in (__import__("os").environ.get("ONEDNN_MAX_CPU_ISA", ""))
+    return cores * ghz * (64 if wide else 32), f"{'AVX-512' if wide else 'AVX2'} FMA at {ghz:.2f} GHz"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 160, 224])
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--profile", action="store_true", help="operator breakdown at the first size")
+    args = parser.parse_args()
+    params = load_params(REPO / "params.yaml")
+    config, batch = params.train, params.train.batch_size
+    precision = engine.training_precision(CPU, config.mixed_precision)
+    threads = torch.get_num_threads()
+    peak, unit = cpu_peak_gflops(threads)
+    print(f"{params.model.encoder} U-Net, decoder {list(params.model.decoder_channels)}, batch {batch}, {precision}, "
+          f"{threads} threads; peak {peak:.0f} GFLOP/s ({unit})")
+    for size in args.sizes:
+        with FlopCounterMode(display=False) as counter:
+            build_model(params.model, 1)(torch.rand(1, 1, size, size))
+        flops_per_image = 3 * counter.get_total_flops()
+        for channels_last in (True, False):
+            torch.manual_seed(params.seed)
+            model = build_model(params.model, in_channels=1)
+            images = torch.rand(batch, 1, size, size)
+            if channels_last:
+                model, images = model.to(memory_format=torch.channels_last), images.contiguous(
+                    memory_format=torch.channels_last)
+            masks = (torch.rand(batch, 1, size, size) > 0.5).float()
+            optimizer = engine.build_optimizer(model, config)
+            seconds = seconds_per_step(model, optimizer, build_loss(config), images, masks, precision, args.steps)
+            gflops = flops_per_image * batch / seconds / 1e9
+            print(f"{size} px, {'channels_last' if channels_last else 'contiguous   '}: {seconds:.3f} s/step, "
+                  f"{batch / seconds:5.1f} images/s, {flops_per_image / 1e9:.2f} GFLOP/image, {gflops:.0f} GFLOP/s "
+                  f"= {100 * gflops / peak:.0f}% of peak")
+    if args.profile:
+        size = args.sizes[0]
+        model = build_model(params.model, in_channels=1).to(memory_format=torch.channels_last)
+        images = torch.rand(batch, 1, size, size).contiguous(memory_format=torch.channels_last)
+        masks = (torch.rand(batch, 1, size, size) > 0.5).float()
+        optimizer = engine.build_optimizer(model, config)
+        seconds_per_step(model, optimizer, build_loss(config), images, masks, precision, 1)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            seconds_per_step(model, optimizer, build_loss(config), images, masks, precision, 3)
+        totals = {kind: 0.0 for kind in KINDS} | {"other": 0.0}
+        events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+        for event in events:
+            kind = next((k for k, names in KINDS.items() if any(n in event.key for n in names)), "other")
+            totals[kind] += event.self_cpu_time_total
+        overall = sum(totals.values())
+        print(f"where a step's operator time goes at {size} px: " + ", ".join(
+            f"{kind} {100 * t / overall:.0f}%" for kind, t in sorted(totals.items(), key=lambda kv: -kv[1])))
+
+
+if __name__ == "__main__":
+    main()
