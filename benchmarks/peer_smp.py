@@ -20,11 +20,12 @@ import segmentation_models_pytorch as smp
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from lungseg import data, engine, evaluation, export
+from lungseg import data, engine, evaluation, export, tables
 from lungseg.augment import build_augmentations
 from lungseg.config import load_params
 from lungseg.losses import build_loss
-from lungseg.model import build_model
+from lungseg.model import build_model, torch_runner
+from lungseg.runtime.model_file import INPUT_NAME, OUTPUT_NAME, create_session
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -40,7 +41,7 @@ def train_alternating(models: dict, train_arrays, params, epochs: int) -> dict[s
     precision, loss_fn = engine.training_precision(CPU, config.mixed_precision), build_loss(config)
     runs = {}
     for name, model in models.items():
-        dataset = data.XrayDataset(*train_arrays, build_augmentations(params.augment))
+        dataset = data.XrayDataset(*train_arrays, params.model.intensity, build_augmentations(params.augment))
         loader = data.build_loader(dataset, config.batch_size, True, params.seed, 0)
         if config.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -92,8 +93,8 @@ def main() -> None:
     sources = [REPO / s for s in params.prepare.sources]
     manifest, _ = data.collect_records(sources, skip_bad=False)
     manifest["split"] = data.assign_splits(manifest, params.prepare.split.model_dump(), params.seed)
-    train_arrays = data.load_arrays(manifest[manifest["split"] == "train"], size)
-    test = manifest[manifest["split"] == "test"]
+    train_arrays = data.load_arrays(tables.split_rows(manifest, "train"), size)
+    test = tables.split_rows(manifest, "test")
     print(f"encoder {encoder} (no pretrained weights), {size}x{size}, batch {batch}, {epochs} epochs each, "
           f"{len(train_arrays[0])} training images, {len(test)} test images, {args.threads} threads, training in "
           f"{engine.training_precision(CPU, params.train.mixed_precision)}")
@@ -108,15 +109,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        export.export_onnx(ours, onnx_path, size, 1, params.export.opset)
-        ours_run = export.onnx_runner(export.create_session(onnx_path, threads=args.threads))
-        peer_run = engine.torch_runner(peer)
+        export.write_model(onnx_path, export.export_graph(ours, size, 1, params.export.opset))
+        session = create_session(onnx_path, threads=args.threads)
+        ours_run = lambda inputs: session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0][:, 0]  # noqa: E731
+        peer_run = torch_runner(peer)
         results["lungseg"]["infer_ips"] = inference_rate(ours_run, size, args.inference_images)
         results["smp.Unet"]["infer_ips"] = inference_rate(peer_run, size, args.inference_images)
         for name, run_model in (("lungseg", ours_run), ("smp.Unet", peer_run)):
-            per_image = evaluation.score_split(test, run_model, size, params.evaluate.threshold, 16,
-                                               params.evaluate.postprocess)
-            scores = evaluation.split_metrics(per_image)
+            inference = evaluation.Inference(run_model, size, params.model.intensity, params.evaluate.threshold,
+                                             params.evaluate.postprocess)
+            scores = evaluation.split_metrics(evaluation.score_split(test, inference))
             results[name]["dice"], results[name]["iou"] = scores["test/dice"], scores["test/iou"]
 
     with FlopCounterMode(display=False) as counter:
@@ -124,6 +126,7 @@ def main() -> None:
     flops = counter.get_total_flops()
     avx2_peak, avx512_peak, ghz = cpu_peaks_gflops(args.threads)
     achieved = flops * results["lungseg"]["infer_ips"] / 1e9
+    training_achieved = 3 * flops * results["lungseg"]["train_ips"] / 1e9
 
     print(f"\n{'':10s} {'train img/s':>12s} {'train s':>8s} {'infer img/s':>12s} {'test Dice':>10s} {'test IoU':>9s}")
     for name, r in results.items():
@@ -136,6 +139,8 @@ def main() -> None:
     print(f"lungseg inference: {flops / 1e9:.2f} GFLOP per image (FlopCounterMode), {achieved:.1f} GFLOP/s achieved; "
           f"AVX2 FMA peak {avx2_peak:.0f} GFLOP/s ({args.threads} cores x {ghz:.2f} GHz x 32 FLOP/cycle) = "
           f"{100 * achieved / avx2_peak:.0f}%")
+    print(f"lungseg training: {3 * flops / 1e9:.2f} GFLOP per image (3 x forward), {training_achieved:.1f} GFLOP/s "
+          f"achieved = {100 * training_achieved / avx2_peak:.0f}% of the AVX2 FMA peak")
     if avx512_peak:
         print(f"this CPU also has AVX-512, which ONNX Runtime uses: peak {avx512_peak:.0f} GFLOP/s (x 64 FLOP/cycle) "
               f"= {100 * achieved / avx512_peak:.0f}% of it")

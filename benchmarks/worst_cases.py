@@ -3,7 +3,7 @@
 Reads the evaluate stage's per-image scores, runs the deployed ONNX model (the same path as `lungseg predict`)
 on the N lowest-Dice test images and draws truth (green) and prediction (magenta) over each X-ray.
 
-    .venv/bin/python benchmarks/worst_cases.py --count 6 --output docs/worst_cases.png
+    .venv/bin/python benchmarks/worst_cases.py --count 6 --output docs/worst_cases.jpg
 """
 import argparse
 
@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--per-image", default="metrics/test_per_image.csv")
     parser.add_argument("--manifest", default="data/prepared/manifest.csv")
     parser.add_argument("--count", type=int, default=6)
-    parser.add_argument("--output", default="docs/worst_cases.png")
+    parser.add_argument("--output", default="docs/worst_cases.jpg")
     args = parser.parse_args()
 
     scores = pd.read_csv(args.per_image).sort_values("dice").head(args.count)

@@ -27,7 +27,7 @@ def main() -> None:
     preview = figures.augmentation_preview(
         images, masks, augment.load_pipeline(args.pipeline), params.augment.preview_count, params.seed
     )
-    files.write_png(args.preview, preview)
+    files.write_jpeg(args.preview, preview)
 
 
 if __name__ == "__main__":

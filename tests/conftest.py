@@ -3,13 +3,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+import venv
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+
+from lungseg import recipes
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = REPO / "data" / "sources"
@@ -49,20 +55,31 @@ def copy_pairs(source: str, names: list[str], target: Path) -> Path:
     return target
 
 
-def deep_update(base: dict, overrides: dict) -> dict:
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            deep_update(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
 def run(command: list[str], cwd: Path, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run a command; on failure the assertion shows its output."""
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (and has no listener now)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    """Wait until `url` answers, failing with the process's output if it dies first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            assert process.poll() is None, process.stdout.read() if process.stdout else "process exited"
+            assert time.monotonic() < deadline, f"{url} did not answer within {timeout} s"
+            time.sleep(0.2)
 
 
 def pipeline_environment() -> dict[str, str]:
@@ -83,7 +100,7 @@ def make_tiny_repo(root: Path, pairs_per_label: int = 4) -> Path:
     shutil.copy(REPO / ".gitignore", root / ".gitignore")
     for source in ("montgomery", "shenzhen"):
         copy_pairs(source, real_pair_names(source, pairs_per_label), root / "data" / "sources" / source)
-    params = deep_update(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_OVERRIDES)
+    params = recipes.with_changes(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_OVERRIDES)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], root)
     run(["git", "config", "user.email", "ci@lungseg.test"], root)
@@ -136,7 +153,7 @@ def tiny_card(model, **changes) -> dict:
     card = export.model_card(tiny_inference(model), 1, 0.5, 0.25, (0.08, 0.44),
                              [{"source": "shenzhen", "licence": "CC BY-NC-SA 4.0 (masks)"}],
                              {"train": {"image_size": TINY_SIZE}}, {"test/dice": 0.0}, "0" * 40, "f" * 64)
-    return deep_update(card, changes)
+    return recipes.with_changes(card, changes)
 
 
 def export_tiny(model, path: Path, card: dict) -> Path:
@@ -154,3 +171,21 @@ def export_tiny(model, path: Path, card: dict) -> Path:
 def tiny_onnx(tmp_path_factory, tiny_model):
     """tiny_model exported to ONNX with its model card inside; returns the .onnx path."""
     return export_tiny(tiny_model, tmp_path_factory.mktemp("model") / "model.onnx", tiny_card(tiny_model))
+
+
+SLIM_EXTRAS = "cpu,serve"
+
+
+@pytest.fixture(scope="session")
+def slim_runtime(tmp_path_factory) -> Path:
+    """A virtual environment holding only `lungseg[cpu,serve]` (the deployable runtime), built from this tree
+    with pip from the package registry: no torch, DVC, MLflow or albumentations."""
+    folder = tmp_path_factory.mktemp("slim") / "venv"
+    venv.EnvBuilder(with_pip=True).create(folder)
+    source = tmp_path_factory.mktemp("source")
+    for item in ("src", "pyproject.toml", "README.md"):
+        (shutil.copytree if (REPO / item).is_dir() else shutil.copy)(REPO / item, source / item)
+    result = subprocess.run([str(folder / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                             f"{source}[{SLIM_EXTRAS}]"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder

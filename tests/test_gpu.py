@@ -1,6 +1,5 @@
 """What a GPU user hits, on a real CUDA device: bfloat16 autocast with channels_last, the train engine, resume,
 and DistributedDataParallel over NCCL. Skipped without a GPU; `make gpu-check` runs them on a GPU host."""
-import socket
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from lungseg import checkpoint, data, distributed, engine
 from lungseg.config import load_params
 from lungseg.losses import build_loss
 from lungseg.model import build_model
-from conftest import REPO
+from conftest import REPO, free_port
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -72,9 +71,7 @@ def test_the_train_engine_runs_and_resumes_on_cuda(setup, tmp_path):
 
 def test_distributed_data_parallel_over_nccl_in_one_process(setup):
     params, config, cuda, loader = setup
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1, device_id=cuda)
     try:
         model = torch.nn.parallel.DistributedDataParallel(build_model(params.model, 1).to(cuda), device_ids=[0])

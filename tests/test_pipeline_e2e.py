@@ -1,5 +1,11 @@
-"""The real pipeline, end to end, on a tiny copy of the repository: dvc repro, predict, dvc exp run, queue."""
+"""The real pipeline, end to end, on a tiny copy of the repository: dvc repro, the robustness stage, the model
+registered in MLflow and fetched back, `dvc artifacts get`, predict and serve from a runtime-only environment,
+dvc exp run and queued experiments."""
 import json
+import os
+import subprocess
+import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -8,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from lungseg.runtime import files
-from conftest import BIN, SOURCES, make_tiny_repo, pipeline_environment, run
+from conftest import BIN, SOURCES, free_port, make_tiny_repo, pipeline_environment, run, wait_for_http
 
 pytestmark = pytest.mark.e2e
 
@@ -16,8 +22,9 @@ OUTPUTS = [
     "data/prepared/manifest.csv", "data/prepared/problems.txt", "data/augment/pipeline.yaml", "models/best.pt",
     "models/model.onnx", "models/model.card.json", "metrics/data.json", "metrics/train.json",
     "metrics/train_history.csv", "metrics/test.json", "metrics/test_per_image.csv", "metrics/export.json",
-    "metrics/figures/augment_preview.png", "metrics/figures/train_curves.png", "metrics/figures/test_cases.png",
-    "metrics/figures/test_dice_histogram.png",
+    "metrics/figures/augment_preview.jpg", "metrics/figures/train_curves.png", "metrics/figures/test_cases.jpg",
+    "metrics/figures/test_dice_histogram.png", "metrics/robustness.json", "metrics/robustness_per_image.csv",
+    "metrics/robustness_plot.csv", "metrics/figures/robustness.png", "metrics/figures/robustness_examples.jpg",
 ]
 
 
@@ -100,3 +107,75 @@ def test_experiments_get_their_own_metrics_and_mlflow_runs(repo):
     assert "test/dice" in by_name["queued-bs"].data.metrics
     # The queued run happened in a throw-away copy, yet logged to this repository's store only.
     assert not list((root / ".dvc" / "tmp").rglob("mlflow.db"))
+
+
+def test_robustness_is_scored_for_every_perturbation_and_logged(repo):
+    root, _ = repo
+    metrics = files.read_json(root / "metrics/robustness.json")
+    from lungseg.perturbations import PERTURBATIONS
+
+    for perturbation in PERTURBATIONS:
+        assert 0 <= metrics[f"robustness/{perturbation.name}/dice"] <= 1
+    assert {"robustness/clean/dice", "robustness/qa_precision", "robustness/qa_recall",
+            "robustness/empty_total"} <= set(metrics)
+    client, runs = mlflow_runs(root)
+    assert "robustness/largest_dice_drop" in runs[0].data.metrics
+
+
+def test_the_run_is_named_marked_and_carries_its_dataset(repo):
+    root, _ = repo
+    client, runs = mlflow_runs(root)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    assert runs[0].info.run_name == f"repro-{commit[:8]}"
+    assert client.get_experiment_by_name("lungseg").tags["mlflow.experimentKind"] == "custom_model_development"
+    inputs = runs[0].inputs.dataset_inputs
+    assert len(inputs) == 1 and inputs[0].dataset.name == "lungseg-split"
+
+
+def test_the_exported_model_is_registered_promoted_and_fetched_by_uri(repo, tmp_path):
+    root, env = repo
+    client, runs = mlflow_runs(root)
+    version = client.get_model_version("lungseg", "1")
+    assert version.run_id == runs[0].info.run_id
+    assert float(version.tags["test/dice"]) == pytest.approx(files.read_json(root / "metrics/test.json")["test/dice"])
+    assert len(version.tags["git_commit"]) == 40
+    run([str(BIN / "lungseg"), "promote", "1", "champion"], root, env)
+    image = sorted((SOURCES / "shenzhen" / "images").iterdir())[0]
+    env = {**env, "LUNGSEG_CACHE": str(tmp_path / "cache")}
+    for uri in ("models:/lungseg@champion", "models:/lungseg/1", f"runs:/{runs[0].info.run_id}/model"):
+        out = tmp_path / uri.replace(":", "_").replace("/", "_").replace("@", "_")
+        run([str(BIN / "lungseg"), "predict", str(image), "--model", uri, "--output", str(out), "--quiet"], root, env)
+        assert (out / f"{image.stem}.png").is_file(), uri
+
+
+def test_dvc_artifacts_get_fetches_the_model(repo, tmp_path):
+    root, env = repo
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "tiny model"], root)
+    run(["git", "tag", "-a", "lungseg@v0.1.0", "-m", "Registering lungseg version 0.1.0"], root)
+    run([str(BIN / "dvc"), "artifacts", "get", str(root), "lungseg", "-o", str(tmp_path / "model.onnx")], tmp_path, env)
+    assert (tmp_path / "model.onnx").read_bytes() == (root / "models" / "model.onnx").read_bytes()
+
+
+def test_predict_and_serve_run_in_an_environment_with_only_the_runtime(repo, slim_runtime, tmp_path, real_xray):
+    root, _ = repo
+    model = root / "models" / "model.onnx"
+    python = slim_runtime / "bin" / "python"
+    assert subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode != 0
+    image = sorted((SOURCES / "montgomery" / "images").iterdir())[0]
+    result = subprocess.run([str(slim_runtime / "bin" / "lungseg"), "predict", str(image), "--model", str(model),
+                             "--output", str(tmp_path / "out"), "--quiet"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / f"{image.stem}.png").is_file()
+    port = free_port()
+    server = subprocess.Popen([str(slim_runtime / "bin" / "lungseg"), "serve", "--model", str(model), "--port",
+                               str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/health", server)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/segment?format=json", data=image.read_bytes(),
+                                         method="POST")
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+        assert (answer["width"], answer["height"]) == (512, 512) and answer["regions"] >= 0
+    finally:
+        server.terminate()
+        server.wait(timeout=20)

@@ -10,7 +10,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from lungseg.runtime import files
-from conftest import BIN, make_tiny_repo, pipeline_environment, run
+from conftest import BIN, free_port, make_tiny_repo, pipeline_environment, run
 
 pytestmark = pytest.mark.e2e
 EPOCHS = 6
@@ -107,11 +107,7 @@ def test_a_corrupt_training_state_is_not_trusted(repo):
 
 def test_unreachable_tracking_server_stops_training_before_it_starts(repo):
     root, env = repo
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     (root / "models" / "train_state.pt").unlink(missing_ok=True)
     started = time.monotonic()
     result = subprocess.run([str(BIN / "dvc"), "repro", "--force", "train"], cwd=root, capture_output=True,

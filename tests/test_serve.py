@@ -13,16 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import BIN
+from conftest import BIN, free_port, wait_for_http
 from dicom_files import make_dicom
 
 MAX_BYTES = 2_000_000
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +28,7 @@ def service(tiny_onnx):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            assert process.poll() is None, process.stdout.read()
-            assert time.monotonic() < deadline, "service did not start"
-            time.sleep(0.2)
+    wait_for_http(f"{url}/health", process)
     yield url
     process.terminate()
     process.wait(timeout=20)
@@ -128,3 +114,38 @@ def test_a_burst_of_concurrent_requests_all_succeed_and_the_service_stays_up(ser
     masks = {answer for _, _, answer in results}
     assert len(masks) == 1  # the same image always gives the same mask
     assert urllib.request.urlopen(f"{service}/health").status == 200
+
+
+def test_openapi_describes_the_body_the_answers_and_the_errors(service):
+    schema = json.loads(urllib.request.urlopen(f"{service}/openapi.json").read())
+    segment = schema["paths"]["/segment"]["post"]
+    assert {"application/dicom", "image/png", "image/jpeg"} <= set(segment["requestBody"]["content"])
+    assert {"image/png", "application/dicom", "application/json"} <= set(segment["responses"]["200"]["content"])
+    assert {"400", "413", "415", "503"} <= set(segment["responses"])
+
+
+def test_a_multipart_upload_is_told_how_to_send_the_file(service, real_xray):
+    status, _, answer = post(service, png_bytes(real_xray[0]), content_type="multipart/form-data; boundary=x")
+    assert status == 415 and "--data-binary" in json.loads(answer)["detail"]
+
+
+def test_seg_of_a_png_is_a_clear_400_and_of_a_dicom_a_dicom(service, real_xray, tmp_path):
+    status, _, answer = post(service, png_bytes(real_xray[0]), "?format=seg")
+    assert status == 400 and "needs a DICOM input" in json.loads(answer)["detail"]
+    path = make_dicom(tmp_path / "x.dcm", real_xray[0].astype(np.uint16) * 16, 12, window=(2047.5, 4096),
+                      PatientName="T", PatientID="1", StudyDate="20260101", StudyTime="1200", StudyID="1",
+                      AccessionNumber="")
+    status, headers, body = post(service, path.read_bytes(), "?format=seg")
+    assert status == 200 and headers["content-type"] == "application/dicom" and body[128:132] == b"DICM"
+
+
+def test_health_answers_while_large_images_are_being_decoded(service, real_xray):
+    big = png_bytes(np.asarray(Image.fromarray(real_xray[0]).resize((4000, 4000))))
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        pending = [pool.submit(post, service, big) for _ in range(2)]
+        time.sleep(0.3)
+        start = time.perf_counter()
+        assert urllib.request.urlopen(f"{service}/health", timeout=10).status == 200
+        health_seconds = time.perf_counter() - start
+        assert [f.result()[0] for f in pending] == [200, 200]
+    assert health_seconds < 0.5, health_seconds  # decoding runs in worker threads, never on the event loop

@@ -1,8 +1,8 @@
-import socket
 from pathlib import Path
 
 import pytest
 
+from conftest import free_port
 from lungseg.tracking import TrackingUnavailableError, check_reachable, resolve_tracking_uri, run_tags
 
 
@@ -23,9 +23,7 @@ def test_environment_points_at_a_team_server(tmp_path):
 
 
 def test_unreachable_server_is_detected_before_training():
-    with socket.socket() as probe:  # a port that was free a moment ago and has no listener now
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # free a moment ago: nothing listens there
     with pytest.raises(TrackingUnavailableError, match=f"127.0.0.1:{port}.*unreachable"):
         check_reachable(f"http://127.0.0.1:{port}", timeout=2)
     check_reachable(f"sqlite:///{Path.cwd()}/mlflow.db")  # local stores need no check

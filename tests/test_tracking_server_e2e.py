@@ -12,15 +12,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from lungseg import tracking_server
-from conftest import BIN, make_tiny_repo, pipeline_environment, run
+from conftest import BIN, free_port, make_tiny_repo, pipeline_environment, run
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def require_postgres() -> None:

@@ -124,22 +124,13 @@ def prepare(raw_params: dict, work: Path, dry_run: bool):
     return work / "manifest.csv", work / "pipeline.yaml"
 
 
-def deep_update(base: dict, changes: dict) -> dict:
-    for key, value in changes.items():
-        if isinstance(value, dict):
-            deep_update(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
 def train_recipe(name: str, raw: dict, manifest: Path, pipeline: Path, work: Path, budget_s: float) -> dict:
     """Calibrate on two epochs, fit the recipe's epochs into the budget, train with the train stage's functions
     (tracking off), and measure speed, memory, GPU busy share and FLOP utilisation."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from lungseg import checkpoint, trainer
+    from lungseg import checkpoint, recipes, trainer
     from lungseg.config import parse_params
     from lungseg.model import build_model
 
@@ -147,7 +138,7 @@ def train_recipe(name: str, raw: dict, manifest: Path, pipeline: Path, work: Pat
     inputs = trainer.TrainInputs(work / "params.yaml", manifest, pipeline)
 
     def fit(epochs: int, tag: str):
-        params = parse_params(deep_update(json.loads(json.dumps(raw)), {"train": {"epochs": epochs}}))
+        params = parse_params(recipes.with_changes(raw, {"train": {"epochs": epochs}}))
         destinations = checkpoint.Destinations(work / f"{name}-{tag}.pt", work / f"{name}-{tag}-state.pt", {})
         return params, trainer.train(params, inputs, destinations, {}, work, track=False)
 
@@ -245,15 +236,16 @@ def main() -> int:
     if not args.skip_tests and not args.dry_run:
         results["gpu_tests"] = run_gpu_tests(args.out, str(work / "site") if installed else "")
     base = yaml.safe_load((REPO / "params.yaml").read_text())
-    if args.dry_run:
-        base = deep_update(base, {"train": {"device": "cpu"}})
-    manifest, pipeline = prepare(base, work, args.dry_run)
     from lungseg import recipes
+
+    if args.dry_run:
+        base = recipes.with_changes(base, {"train": {"device": "cpu"}})
+    manifest, pipeline = prepare(base, work, args.dry_run)
 
     for name, recipe in RECIPES.items():
         raw = recipes.apply(base, recipe)
         if args.dry_run:
-            raw = deep_update(raw, DRY_RUN)
+            raw = recipes.with_changes(raw, DRY_RUN)
         (work / "params.yaml").write_text(yaml.safe_dump(raw))
         print(f"\n== {name}: {recipe.relative_to(REPO)}")
         measured = train_recipe(name, raw, manifest, pipeline, work, args.budget_s)

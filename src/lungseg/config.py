@@ -79,20 +79,10 @@ class AugmentConfig(_Strict):
     horizontal_flip_p: Real = Field(ge=0, le=1)
     preview_count: StrictInt = Field(ge=1, le=64)
 
-    @field_validator("gamma_limit")
+    @field_validator("gamma_limit", "scale_range", "contrast_range")
     @classmethod
-    def _gamma_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
-        return _ordered_pair("gamma_limit", 0, value)
-
-    @field_validator("scale_range")
-    @classmethod
-    def _scale_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
-        return _ordered_pair("scale_range", 0, value)
-
-    @field_validator("contrast_range")
-    @classmethod
-    def _contrast_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
-        return _ordered_pair("contrast_range", -1, value)
+    def _ordered(cls, value: tuple[float, float], info) -> tuple[float, float]:
+        return _ordered_pair(info.field_name, -1 if info.field_name == "contrast_range" else 0, value)
 
 
 class ModelConfig(_Strict):
@@ -100,7 +90,7 @@ class ModelConfig(_Strict):
     encoder_weights: str | None = None
     decoder_channels: tuple[StrictInt, StrictInt, StrictInt, StrictInt, StrictInt]
     batch_norm: bool
-    intensity: Literal["none", "equalize_histogram"] = "none"
+    intensity: Literal["none", "equalize_histogram", "equalize_adaptive"] = "none"
     input_mean: Real
     input_std: Real = Field(gt=0)
 

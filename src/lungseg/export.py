@@ -97,6 +97,8 @@ def model_card(inference: Inference, in_channels: int, input_mean: float, input_
     """Everything a consumer needs to run the ONNX model correctly, and where it came from."""
     size = inference.image_size
     intensity_text = {"equalize_histogram": "equalise its histogram (OpenCV equalizeHist), ",
+                      "equalize_adaptive": "stretch its 1st..99th percentile to 0..255, then equalise its "
+                                           "histogram per tile (OpenCV CLAHE, clip limit 2, 8x8 tiles), ",
                       "none": ""}[inference.intensity]
     return {
         "format": CARD_FORMAT,

@@ -46,8 +46,10 @@ def augmentation_preview(images: np.ndarray, masks: np.ndarray, pipeline, count:
 
 
 def _save(fig, path: str) -> None:
+    """PNG for charts; JPEG (by the path's suffix) for pictures of X-rays, which PNG would make 5x larger."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    extra = {"pil_kwargs": {"quality": 88}} if str(path).endswith((".jpg", ".jpeg")) else {}
+    fig.savefig(path, dpi=100, bbox_inches="tight", **extra)
     plt.close(fig)
 
 

@@ -34,3 +34,17 @@ def apply(raw_params: dict, recipe: str | Path) -> dict:
             raise RecipeError(f"{recipe}:{number}: params.yaml has no param {key!r}")
         node[last] = yaml.safe_load(value)
     return result
+
+
+def with_changes(raw_params: dict, changes: dict) -> dict:
+    """A copy of the params mapping with nested `changes` written over it (a tiny config, a dry run)."""
+    result = copy.deepcopy(raw_params)
+    stack = [(result, changes)]
+    while stack:
+        target, update = stack.pop()
+        for key, value in update.items():
+            if isinstance(value, dict):
+                stack.append((target[key], value))
+            else:
+                target[key] = value
+    return result

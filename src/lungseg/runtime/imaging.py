@@ -36,10 +36,18 @@ def normalise_intensity(image: np.ndarray, method: str) -> np.ndarray:
 
     'equalize_histogram' maps each grey level to its rank in the image (OpenCV's global histogram
     equalisation): any increasing transform of the grey levels (contrast, offset, gamma, a window) gives the
-    same result, up to the levels the input still distinguishes. 'none' keeps the pixels as they are.
+    same result, up to the levels the input still distinguishes, but large areas outside the thorax (air,
+    padding, a frame) take over the mapping. 'equalize_adaptive' first stretches the 1st..99th percentile to
+    0..255 (undoing a narrow window or squeezed contrast), then equalises per tile of an 8 x 8 grid with a clip
+    limit of 2 (CLAHE), so each region's mapping follows its own neighbourhood. 'none' keeps the pixels.
     """
     if method == "equalize_histogram":
         return cv2.equalizeHist(image)
+    if method == "equalize_adaptive":
+        low, high = np.percentile(image, (1, 99))
+        if high > low:
+            image = np.clip(np.rint((image.astype(np.float32) - low) * (255.0 / (high - low))), 0, 255).astype(np.uint8)
+        return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(image)
     if method == "none":
         return image
     raise ValueError(f"unknown intensity normalisation {method!r}")

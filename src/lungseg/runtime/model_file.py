@@ -20,7 +20,7 @@ DEFAULT_MODEL_PATH = Path("models/model.onnx")  # where `dvc repro` exports it
 CARD_KEY = "lungseg.card"
 CARD_FORMAT = "lungseg-model-card/2"
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
-INTENSITY_METHODS = ("none", "equalize_histogram")
+INTENSITY_METHODS = ("none", "equalize_histogram", "equalize_adaptive")
 
 
 class ModelError(UserError, RuntimeError):
