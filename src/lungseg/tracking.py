@@ -202,8 +202,10 @@ def run_ui(host: str, port: int) -> int:
     """`lungseg ui`: the MLflow UI on this repository's store (or MLFLOW_TRACKING_URI), loopback by default."""
     uri = resolve_tracking_uri(os.environ, Path.cwd())
     print(f"MLflow UI for {uri}: open {ui_url(host, port, uri, os.environ)}")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    return subprocess.call(command)
+    sys.stdout.flush()
+    # exec, not a child process: a signal to `lungseg ui` reaches MLflow's server, which stops its workers
+    os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
+                              "--port", str(port)])
 
 
 def add_to_run(tracking_uri: str, run_id: str, metrics: dict[str, float], artifacts: list[str | Path]) -> None:
