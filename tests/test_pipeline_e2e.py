@@ -179,3 +179,18 @@ def test_predict_and_serve_run_in_an_environment_with_only_the_runtime(repo, sli
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def test_the_readme_commands_work_without_an_activated_environment(repo, tmp_path):
+    """`.venv/bin/dvc exp run -S ...` as the README writes it: the stage commands find the project's Python."""
+    root, env = repo
+    (root / ".venv").symlink_to(BIN.parent)
+    bare = {**env, "PATH": "/usr/bin:/bin"}
+    bare.pop("VIRTUAL_ENV", None)
+    try:
+        run([str(root / ".venv" / "bin" / "dvc"), "exp", "run", "-n", "no-activation", "-S", "train.epochs=1"],
+            root, bare)
+    finally:
+        (root / ".venv").unlink()
+    shown = json.loads(run([str(BIN / "dvc"), "exp", "show", "--json"], root, env).stdout)
+    assert "no-activation" in json.dumps(shown)

@@ -33,3 +33,32 @@ def test_tags_carry_the_commit_and_the_experiment_name(tmp_path):
     tags = run_tags({"DVC_EXP_NAME": "lean-bass"}, Path(__file__).parent)
     assert tags["dvc_exp_name"] == "lean-bass"
     assert len(tags["mlflow.source.git.commit"]) in (40, len("unknown"))
+
+
+@pytest.mark.parametrize("status, body", [(200, b"<html>a web page</html>"), (404, b"not found"),
+                                          (503, b"proxy error")])
+def test_a_server_that_is_not_mlflow_is_refused_quickly(status, body):
+    import http.server
+    import threading
+    import time
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the stdlib's name)
+            self.send_response(status)
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(TrackingUnavailableError, match="answers but is not a usable MLflow tracking server"):
+            check_reachable(f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+    assert time.monotonic() - started < 30

@@ -84,6 +84,16 @@ def test_the_run_is_on_the_server_with_params_metrics_and_onnx_model(pipeline_lo
     assert not (root / "mlflow.db").exists() and not (root / "mlartifacts").exists()
 
 
+def test_predict_fetches_the_registered_model_from_the_team_server(pipeline_logged_to_server, tmp_path):
+    root, _, state = pipeline_logged_to_server
+    env = {**pipeline_environment(), "MLFLOW_TRACKING_URI": state.tracking_uri, "LUNGSEG_CACHE": str(tmp_path / "c")}
+    run([str(BIN / "lungseg"), "promote", "1", "champion"], tmp_path, env)
+    image = sorted((root / "data" / "sources" / "montgomery" / "images").iterdir())[0]
+    run([str(BIN / "lungseg"), "predict", str(image), "--model", "models:/lungseg@champion", "--output",
+         str(tmp_path / "out"), "--quiet"], tmp_path, env)
+    assert (tmp_path / "out" / f"{image.stem}.png").is_file()
+
+
 def test_the_runs_live_in_postgresql(pipeline_logged_to_server):
     import psycopg
 

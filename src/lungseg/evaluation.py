@@ -10,7 +10,7 @@ import torch
 
 from lungseg.checkpoint import Checkpoint
 from lungseg.data import read_mask
-from lungseg.metrics import confusion_counts, iou_dice, summarize
+from lungseg.metrics import iou_dice, summarize
 from lungseg.model import torch_runner
 from lungseg.runtime import imaging
 from lungseg.runtime.decode import read_grayscale
@@ -34,7 +34,7 @@ class Inference:
 
 def score_masks(prediction: np.ndarray, truth: np.ndarray) -> dict:
     """One image's counts and scores: intersection, truth and predicted pixels, IoU, Dice."""
-    counts = confusion_counts(torch.from_numpy(prediction[None]), torch.from_numpy(truth[None]))[0].numpy()
+    counts = np.array([np.count_nonzero(prediction & truth), np.count_nonzero(truth), np.count_nonzero(prediction)])
     iou, dice = iou_dice(counts)
     return {"truth_pixels": int(counts[1]), "intersection": int(counts[0]), "predicted_pixels": int(counts[2]),
             "iou": float(iou), "dice": float(dice)}

@@ -70,11 +70,27 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
     except OSError as err:
         raise TrackingUnavailableError(f"MLflow tracking server {tracking_uri} is unreachable ({err}); {advice}") from None
     try:
-        MlflowClient(tracking_uri).search_experiments(max_results=1)
+        with _quick_requests():
+            MlflowClient(tracking_uri).search_experiments(max_results=1)
     except Exception as err:  # HTML error pages, non-MLflow JSON, TLS problems: all mean "not usable"
         first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise TrackingUnavailableError(f"{tracking_uri} answers but is not a usable MLflow tracking server "
                                        f"({first_line}); {advice}") from None
+
+
+@contextlib.contextmanager
+def _quick_requests():
+    """One try with a short timeout for the up-front check (MLflow's client would retry a 5xx for minutes)."""
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def git_commit(cwd: Path) -> str:
@@ -149,8 +165,11 @@ def log_artifacts(paths: list[str | Path]) -> None:
 def log_split(manifest: pd.DataFrame, manifest_path: str | Path, counts: dict) -> None:
     """The prepared split as the run's dataset input: its manifest digest, and counts per split and source."""
     digest = hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest()
-    with warnings.catch_warnings():  # MLflow 3.17 registers its local source class twice and warns about it
+    with warnings.catch_warnings():
+        # MLflow 3.17 registers its local source class twice and warns about it; and it hints that integer
+        # columns cannot hold missing values, which a manifest never has.
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
         dataset = mlflow.data.from_pandas(manifest, source=str(manifest_path), name="lungseg-split",
                                           digest=digest[:MAX_DIGEST])
     mlflow.log_input(dataset, context="training", tags={"manifest_sha256": digest})

@@ -77,8 +77,14 @@ def upsample(probabilities: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def regions(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """8-connected regions of a bool mask: (labels (H, W) int32 with 0 = background, areas of regions 1..N)."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    return labels, stats[1:, cv2.CC_STAT_AREA]
+    labels, areas, _ = regions_with_centres(mask)
+    return labels, areas
+
+
+def regions_with_centres(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """regions() and the column of each region's centre (regions 1..N)."""
+    _, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    return labels, stats[1:, cv2.CC_STAT_AREA], centroids[1:, 0]
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:

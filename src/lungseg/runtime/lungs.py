@@ -27,19 +27,14 @@ def patient_right_on_image_left(patient_orientation: str) -> tuple[bool, bool]:
 def label_lungs(mask: np.ndarray, right_on_image_left: bool) -> np.ndarray:
     """(H, W) bool -> (H, W) uint8 labels: RIGHT / LEFT per connected region, by which side of the midline
     between the two largest regions' centres (or of the image's centre, for one region) it lies on."""
-    labels, areas = imaging.regions(mask)
-    result = np.zeros(mask.shape, dtype=np.uint8)
+    labels, areas, centres = imaging.regions_with_centres(mask)
     if len(areas) == 0:
-        return result
-    columns = np.arange(mask.shape[1], dtype=np.float64)
-    centres = np.array([columns[np.nonzero(labels == i + 1)[1]].mean() for i in range(len(areas))])
+        return np.zeros(mask.shape, dtype=np.uint8)
     largest = np.argsort(areas)[::-1][:2]
     midline = centres[largest].mean() if len(largest) == 2 else mask.shape[1] / 2
-    on_image_left = centres < midline
-    for index in range(len(areas)):
-        is_right = on_image_left[index] == right_on_image_left
-        result[labels == index + 1] = RIGHT if is_right else LEFT
-    return result
+    is_right = (centres < midline) == right_on_image_left  # per region 1..N
+    side_of_label = np.concatenate([[0], np.where(is_right, RIGHT, LEFT)]).astype(np.uint8)
+    return side_of_label[labels]
 
 
 def areas(labels: np.ndarray, pixel_spacing_mm: tuple[float, float] | None) -> dict:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
 
 from lungseg.errors import UserError
+
+if TYPE_CHECKING:  # ONNX Runtime is imported when a model is loaded, so `lungseg --help` starts at once
+    import onnxruntime as ort
 
 DEFAULT_MODEL_PATH = Path("models/model.onnx")  # where `dvc repro` exports it
 CARD_KEY = "lungseg.card"
@@ -38,6 +41,8 @@ def card_path_for(onnx_path: str | Path) -> Path:
 
 def providers_for(device: str) -> list[str]:
     """'cpu' | 'cuda' | 'auto' -> ONNX Runtime providers; 'cuda' fails unless the CUDA provider is installed."""
+    import onnxruntime as ort
+
     available = ort.get_available_providers()
     if device == "cpu":
         return ["CPUExecutionProvider"]
@@ -52,6 +57,8 @@ def providers_for(device: str) -> list[str]:
 
 
 def create_session(path: str | Path, threads: int = 0, providers: list[str] | None = None) -> ort.InferenceSession:
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

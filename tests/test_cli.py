@@ -1,0 +1,27 @@
+"""The `lungseg` command itself: version, help, and the exit codes it documents."""
+import pytest
+
+from lungseg import __version__
+from lungseg.cli import EXIT_INPUTS_FAILED, EXIT_OK, EXIT_UNUSABLE, EXIT_USAGE, build_parser, main
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"lungseg {__version__}"
+
+
+def test_help_documents_the_exit_codes():
+    text = " ".join(build_parser().format_help().split())
+    assert "0 ok, 1 some inputs failed, 2 usage error, 3 unusable model or output location" in text
+    assert (EXIT_OK, EXIT_INPUTS_FAILED, EXIT_USAGE, EXIT_UNUSABLE) == (0, 1, 2, 3)
+
+
+def test_importing_the_command_is_cheap():
+    import subprocess
+    import sys
+
+    probe = "import sys, lungseg.cli; print(','.join(m for m in sys.modules if m.split('.')[0] in " \
+            "('torch', 'onnxruntime', 'mlflow', 'pydicom', 'fastapi', 'cv2')))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == ""  # each command imports what it needs when it runs
