@@ -117,7 +117,7 @@ def prepare(raw_params: dict, work: Path, dry_run: bool):
     params = parse_params(raw_params)
     records, _ = data.collect_records([REPO / source for source in params.prepare.sources], skip_bad=False)
     if dry_run:
-        records = records.groupby("source", group_keys=False).apply(lambda part: part.head(DRY_RUN_PAIRS))
+        records = records.groupby("source").head(DRY_RUN_PAIRS).reset_index(drop=True)
     records["split"] = data.assign_splits(records, params.prepare.split.model_dump(), params.seed)
     tables.write_manifest(work / "manifest.csv", records)
     augment.save_pipeline(augment.build_augmentations(params.augment), work / "pipeline.yaml")
