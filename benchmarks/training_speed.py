@@ -10,6 +10,7 @@ is /proc/cpuinfo's. FLOPs per image: 3 x the forward's (torch FlopCounterMode), 
 """
 import argparse
 import re
+import time
 from pathlib import Path
 
 import torch
@@ -41,6 +42,16 @@ def cpu_peak_gflops(cores: int) -> tuple[float, str]:
     return cores * ghz * (64 if wide else 32), f"{'AVX-512' if wide else 'AVX2'} FMA at {ghz:.2f} GHz"
 
 
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """A float32 matrix product's rate: how close to the peak this CPU gets on the friendliest kernel."""
+    a, b = torch.rand(size, size), torch.rand(size, size)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 160, 224])
@@ -54,6 +65,8 @@ def main() -> None:
     peak, unit = cpu_peak_gflops(threads)
     print(f"{params.model.encoder} U-Net, decoder {list(params.model.decoder_channels)}, batch {batch}, {precision}, "
           f"{threads} threads; peak {peak:.0f} GFLOP/s ({unit})")
+    reference = matmul_gflops()
+    print(f"2048^3 float32 matrix product: {reference:.0f} GFLOP/s = {100 * reference / peak:.0f}% of peak")
     for size in args.sizes:
         with FlopCounterMode(display=False) as counter:
             build_model(params.model, 1)(torch.rand(1, 1, size, size))

@@ -1,8 +1,9 @@
 """The README's MLflow picture: two runs of this repository's store compared in the MLflow UI, as a user sees
 them after ticking both and pressing Compare. Starts `lungseg ui` on the store, opens MLflow's compare page for
-the two runs in headless Chromium (Debian's chromium package, driven by Playwright) and saves a screenshot.
+the two runs in headless Chromium (Debian's chromium package, driven by Playwright), plots their test and
+robustness scores side by side and saves a screenshot.
 
-    .venv/bin/python tools/mlflow_compare.py repro-1a2b3c4d png-sources --output docs/mlflow_compare.png
+    .venv/bin/python tools/mlflow_compare.py repro-d3888b5d png-sources --output docs/mlflow_compare.png
 """
 import argparse
 import json
@@ -18,6 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from lungseg import tracking
 
+PLOTTED_METRICS = ["test/dice", "test/iou", "test/dice_worst5pct", "test/montgomery/dice", "test/shenzhen/dice",
+                   "robustness/largest_dice_drop"]
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -70,11 +73,21 @@ def main() -> None:
         wait_until_up(f"http://127.0.0.1:{args.port}/health", server)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=args.chromium, args=CHROMIUM_FLAGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page = browser.new_page(viewport={"width": 1400, "height": 940})
             page.goto(f"http://127.0.0.1:{args.port}/#/compare-runs?{query}")
             page.get_by_text("Comparing 2 Runs").first.wait_for(timeout=60_000)
-            page.get_by_text("test/dice").first.wait_for(timeout=60_000)
-            time.sleep(2)  # let the parallel-coordinates plot finish drawing
+            page.get_by_text("Run details").first.wait_for(timeout=60_000)
+            if page.get_by_role("button", name="Close").count():
+                page.get_by_role("button", name="Close").first.click()  # MLflow's assistant panel
+            # The parallel-coordinates plot over what a reader compares first: test scores and robustness.
+            page.get_by_role("button", name="Clear All").click()
+            metrics_box = page.locator("input[role=combobox]").nth(1)
+            for metric in PLOTTED_METRICS:
+                metrics_box.click()
+                metrics_box.fill(metric)
+                page.get_by_title(metric, exact=True).first.click()
+            page.keyboard.press("Escape")
+            time.sleep(2)  # let the plot finish drawing
             page.screenshot(path=args.output, full_page=False)
             browser.close()
     finally:

@@ -5,7 +5,7 @@ Huffman tables optimised), and the PNG is removed. Masks are never touched: they
 per source, the bytes before and after and the grey-level error of the decoded JPEG against the PNG (mean
 absolute and maximum). Re-running it finds no PNG images left and changes nothing.
 
-    .venv/bin/python tools/reencode_jpeg.py --quality 95 data/sources/montgomery data/sources/shenzhen
+    .venv/bin/python tools/reencode_jpeg.py --quality 94 data/sources/montgomery data/sources/shenzhen
 """
 import argparse
 import io
@@ -33,7 +33,7 @@ def reencode(png: Path, quality: int) -> tuple[int, int, float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sources", nargs="+", type=Path, help="source folders holding images/")
-    parser.add_argument("--quality", type=int, default=95)
+    parser.add_argument("--quality", type=int, default=94)
     args = parser.parse_args()
     for source in args.sources:
         results = [reencode(png, args.quality) for png in sorted((source / "images").glob("*.png"))]
