@@ -1,6 +1,11 @@
 """A bounded load on loopback: 200 requests, 16 at a time, good, bad and oversized inputs mixed. No 5xx but the
-documented 503 when the queue is full, every good request answered correctly, resident memory bounded."""
+documented 503 when the queue is full, every good request answered correctly, resident memory bounded.
+
+The suite runs it on a tiny model; to measure the deployed one, point it at that file:
+    LUNGSEG_LOAD_TEST_MODEL=models/model.onnx .venv/bin/python -m pytest tests/test_serve_load.py -s
+"""
 import io
+import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,8 +29,9 @@ def resident_mb(pid: int) -> float:
 
 @pytest.mark.e2e
 def test_mixed_load_is_answered_within_bounded_memory(tiny_onnx, real_xray, tmp_path):
+    model = os.environ.get("LUNGSEG_LOAD_TEST_MODEL", str(tiny_onnx))
     port = free_port()
-    process = subprocess.Popen([str(BIN / "lungseg"), "serve", "--model", str(tiny_onnx), "--port", str(port)],
+    process = subprocess.Popen([str(BIN / "lungseg"), "serve", "--model", model, "--port", str(port)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -53,7 +59,7 @@ def test_mixed_load_is_answered_within_bounded_memory(tiny_onnx, real_xray, tmp_
         answered = sum(status == 200 for _, (status, _, _) in answers)
         assert answered >= REQUESTS * 2 // 5 * 0.9  # the good and large ones, bar a few told to retry
         peak = resident_mb(process.pid)
-        print(f"peak resident memory {peak:.0f} MB over {REQUESTS} requests, {AT_ONCE} at a time")
+        print(f"\n{model}: peak resident memory {peak:.0f} MB over {REQUESTS} requests, {AT_ONCE} at a time")
         assert peak < MEMORY_BOUND_MB
     finally:
         process.terminate()
