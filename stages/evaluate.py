@@ -1,4 +1,4 @@
-"""Stage evaluate: score the best checkpoint on the test split at the masks' resolution; pictures; MLflow."""
+"""Stage evaluate: score the kept checkpoint on the test split at the masks' resolution; pictures; MLflow."""
 import argparse
 import os
 import sys

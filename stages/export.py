@@ -1,4 +1,4 @@
-"""Stage export: best checkpoint -> ONNX with its model card inside, checked against PyTorch, registered in MLflow."""
+"""Stage export: kept checkpoint -> ONNX with its model card inside, checked against PyTorch, registered in MLflow."""
 import argparse
 import os
 import sys

@@ -1,4 +1,4 @@
-"""Stage train: fit the U-Net on the train split, keep the best checkpoint by val Dice, log to MLflow.
+"""Stage train: fit the U-Net on the train split, keep the checkpoint that train.keep_weights names, log to MLflow.
 
 dvc.yaml runs it under torchrun (train.nproc processes); only the main process writes the outputs below.
 """

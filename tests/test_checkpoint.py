@@ -19,10 +19,10 @@ def test_checkpoint_with_pickled_objects_is_refused(tmp_path):
         checkpoint.load_raw(path)
 
 
-def test_best_checkpoint_round_trips_with_its_typed_config(tmp_path):
+def test_kept_checkpoint_round_trips_with_its_typed_config(tmp_path):
     params = load_params(REPO / "params.yaml")
     model = build_model(params.model, in_channels=1)
-    path = tmp_path / "models" / "best.pt"
+    path = tmp_path / "models" / "checkpoint.pt"
     checkpoint.save(path, {"model": model.state_dict(), "epoch": 3, "config": params.model_dump(mode="json"),
                            "in_channels": 1, "mlflow_run_id": "abc"})
     loaded = checkpoint.load(path)
@@ -30,7 +30,7 @@ def test_best_checkpoint_round_trips_with_its_typed_config(tmp_path):
     rebuilt = loaded.build_model()
     x = torch.rand(1, 1, 64, 64)
     assert torch.equal(rebuilt(x), model.eval()(x))
-    assert [p.name for p in path.parent.iterdir()] == ["best.pt"]  # no temporary file left behind
+    assert [p.name for p in path.parent.iterdir()] == ["checkpoint.pt"]  # no temporary file left behind
     assert len(loaded.weights_sha256()) == 64
 
 

@@ -30,7 +30,7 @@ def pushed_and_pulled(tmp_path_factory):
 def test_push_then_pull_brings_every_output(pushed_and_pulled):
     origin, clone, _, pushed, pulled = pushed_and_pulled
     assert "pushed" in pushed
-    for output in ("models/best.pt", "models/model.onnx", "models/model.card.json", "models/train_state.pt",
+    for output in ("models/checkpoint.pt", "models/model.onnx", "models/model.card.json", "models/train_state.pt",
                    "data/prepared/manifest.csv", "data/augment/pipeline.yaml", "metrics/test_per_image.csv"):
         assert (clone / output).read_bytes() == (origin / output).read_bytes(), output
 

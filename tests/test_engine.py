@@ -27,10 +27,11 @@ def test_mixed_precision_only_where_bfloat16_is_native(monkeypatch):
         assert torch.nn.Linear(4, 4)(torch.rand(2, 4)).dtype == torch.float32
 
 
-def test_summary_names_the_best_epoch_in_the_shared_namespace():
+def test_summary_names_the_kept_epoch_in_the_shared_namespace():
     history = [{"epoch": 1, "train/loss": 1.0, "val/dice": 0.5, "lr": 0.1, "seconds": 2.0},
                {"epoch": 2, "train/loss": 0.5, "val/dice": 0.7, "lr": 0.1, "seconds": 3.0},
                {"epoch": 3, "train/loss": 0.4, "val/dice": 0.7, "lr": 0.1, "seconds": 4.0}]
     summary = engine.summarize_history(history)
-    assert summary == {"best/epoch": 2, "best/train/loss": 0.5, "best/val/dice": 0.7, "run/epochs": 3,
+    assert summary == {"kept/epoch": 2, "kept/train/loss": 0.5, "kept/val/dice": 0.7, "run/epochs": 3,
                        "run/seconds": 9.0}  # earliest epoch on ties
+    assert engine.summarize_history(history, "last")["kept/epoch"] == 3

@@ -52,7 +52,7 @@ def test_bfloat16_autocast_with_channels_last_forward_and_backward(setup):
 
 def test_the_train_engine_runs_and_resumes_on_cuda(setup, tmp_path):
     params, config, cuda, loader = setup
-    destinations = checkpoint.Destinations(tmp_path / "best.pt", tmp_path / "state.pt",
+    destinations = checkpoint.Destinations(tmp_path / "checkpoint.pt", tmp_path / "state.pt",
                                            {"fingerprint": "gpu", "config": {}, "in_channels": 1})
 
     def stop_after_first(row):

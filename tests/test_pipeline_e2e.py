@@ -19,7 +19,7 @@ from conftest import BIN, SOURCES, free_port, make_tiny_repo, pipeline_environme
 pytestmark = pytest.mark.e2e
 
 OUTPUTS = [
-    "data/prepared/manifest.csv", "data/prepared/problems.txt", "data/augment/pipeline.yaml", "models/best.pt",
+    "data/prepared/manifest.csv", "data/prepared/problems.txt", "data/augment/pipeline.yaml", "models/checkpoint.pt",
     "models/model.onnx", "models/model.card.json", "metrics/data.json", "metrics/train.json",
     "metrics/train_history.csv", "metrics/test.json", "metrics/test_per_image.csv", "metrics/export.json",
     "metrics/figures/augment_preview.jpg", "metrics/figures/train_curves.png", "metrics/figures/test_cases.jpg",
@@ -66,7 +66,7 @@ def test_metrics_and_artifacts_are_self_describing(repo):
     test = files.read_json(root / "metrics/test.json")
     assert 0 <= test["test/dice"] <= 1 and test["test/images"] == 4
     assert {"test/montgomery/dice", "test/shenzhen/dice", "test/dice_worst5pct", "test/dice_min"} <= set(test)
-    checkpoint = torch.load(root / "models/best.pt", weights_only=True)
+    checkpoint = torch.load(root / "models/checkpoint.pt", weights_only=True)
     assert {"model", "optimizer", "epoch", "config"} <= set(checkpoint)
     card = files.read_json(root / "models/model.card.json")
     assert card["test_metrics"]["test/dice"] == test["test/dice"]
@@ -85,7 +85,7 @@ def test_every_training_run_is_in_mlflow_with_test_results_and_onnx_model(repo):
     assert {"val/dice", "train/loss", "test/dice", "export/max_logit_diff"} <= set(run_.data.metrics)
     assert len(client.get_metric_history(run_.info.run_id, "val/dice")) == 1
     artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
-    assert {"params.yaml", "best.pt", "test.json", "model.card.json"} <= artifacts
+    assert {"params.yaml", "checkpoint.pt", "test.json", "model.card.json"} <= artifacts
     assert "mlflow.source.git.commit" in run_.data.tags
 
 

@@ -85,15 +85,15 @@ def test_interrupted_training_resumes_and_matches_an_uninterrupted_run(repo, sig
     assert resumed["run/epochs"] == EPOCHS
 
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
-    run_id = torch.load(root / "models" / "best.pt", weights_only=True)["mlflow_run_id"]
+    run_id = torch.load(root / "models" / "checkpoint.pt", weights_only=True)["mlflow_run_id"]
     steps = [m.step for m in client.get_metric_history(run_id, "val/dice")]
     assert sorted(set(steps)) == list(range(1, EPOCHS + 1))  # one run, every epoch logged
 
     run([str(BIN / "dvc"), "repro", "--force", "train"], root, env)  # a finished state is never resumed
     uninterrupted = files.read_json(root / "metrics" / "train.json")
     assert uninterrupted["run/epochs"] == EPOCHS
-    assert abs(resumed["best/val/dice"] - uninterrupted["best/val/dice"]) <= RESUME_TOLERANCE
-    assert resumed["best/epoch"] == uninterrupted["best/epoch"]
+    assert abs(resumed["kept/val/dice"] - uninterrupted["kept/val/dice"]) <= RESUME_TOLERANCE
+    assert resumed["kept/epoch"] == uninterrupted["kept/epoch"]
 
 
 def test_a_corrupt_training_state_is_not_trusted(repo):

@@ -170,7 +170,7 @@ def train_recipe(name: str, raw: dict, manifest: Path, pipeline: Path, work: Pat
         "gpu_busy_share": sampler.busy, "training_gflop_per_image": training_flops / 1e9,
         "achieved_tflops": achieved / 1e12, "bf16_dense_peak_tflops": peak / 1e12 if peak else None,
         "model_flop_utilisation": achieved / peak if peak else None,
-        "best_val_dice": result.summary["best/val/dice"], "best_epoch": result.summary["best/epoch"],
+        "kept_val_dice": result.summary["kept/val/dice"], "kept_epoch": result.summary["kept/epoch"],
         "checkpoint": str(work / f"{name}-run.pt"),
     }
 

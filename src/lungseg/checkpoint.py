@@ -105,7 +105,7 @@ def load_resumable_state(path: str | Path, expected_fingerprint: str) -> dict | 
 
 @dataclass(frozen=True)
 class Destinations:
-    """Where a training run keeps its best checkpoint and its resumable state, and what they carry besides
+    """Where a training run keeps its kept checkpoint and its resumable state, and what they carry besides
     weights (config, in_channels, fingerprint, mlflow_run_id)."""
 
     best: Path
@@ -115,9 +115,9 @@ class Destinations:
 
 def save_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler, row: dict, history: list[dict], best_dice: float,
-               is_best: bool, epochs: int, destinations: Destinations) -> None:
-    """The best checkpoint when this epoch is the best so far, and the state to resume from."""
-    if is_best:
+               keep: bool, epochs: int, destinations: Destinations) -> None:
+    """The checkpoint when this epoch's weights are the ones to keep, and the state to resume from."""
+    if keep:
         save(destinations.best, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                  "epoch": row["epoch"], "metrics": row, **destinations.extra})
     if row["epoch"] < epochs:

@@ -117,6 +117,7 @@ class TrainConfig(_Strict):
     num_threads: StrictInt = Field(ge=0)
     num_workers: Literal["auto"] | Annotated[StrictInt, Field(ge=0)]
     nproc: StrictInt = Field(ge=1)
+    keep_weights: Literal["best_val", "last"]
 
     @field_validator("image_size")
     @classmethod

@@ -205,8 +205,9 @@ def fit(training: Training, train_loader: DataLoader, val_loader: DataLoader,
         resume: dict | None = None) -> list[dict]:
     """Train for config.epochs, or what is left of them when `resume` holds an interrupted run's state.
 
-    After each epoch: the best checkpoint by val/dice (earliest on ties) and the state to continue from are
-    written (checkpoint.save_epoch), then on_epoch_end(row) is called. Rows use the shared metric names: epoch,
+    After each epoch: the checkpoint when this epoch's weights are the ones to keep (config.keep_weights: the
+    highest val/dice so far, earliest on ties, or the last epoch) and the state to continue from are written
+    (checkpoint.save_epoch), then on_epoch_end(row) is called. Rows use the shared metric names: epoch,
     train/loss, train/iou, train/dice, train/images_per_second, val/loss, val/iou, val/dice, lr, seconds.
     Distributed, every process computes the same (reduced) rows; only the main process writes and reports.
     """
@@ -228,22 +229,23 @@ def fit(training: Training, train_loader: DataLoader, val_loader: DataLoader,
         history.append(row)
         is_best = val["dice"] > best_dice  # the same decision in every process: val is reduced across them
         best_dice = max(best_dice, val["dice"])
+        keep = is_best if config.keep_weights == "best_val" else epoch == config.epochs
         if processes.is_main:
             checkpoint.save_epoch(distributed.unwrap_model(training.model), training.optimizer,
-                                  training.scheduler, row, history, best_dice, is_best, config.epochs, destinations)
+                                  training.scheduler, row, history, best_dice, keep, config.epochs, destinations)
             log.info("epoch %d/%d  train loss %.4f dice %.4f  val loss %.4f dice %.4f iou %.4f  %.1f img/s  %.0fs%s",
                      epoch, config.epochs, train["loss"], train["dice"], val["loss"], val["dice"], val["iou"],
-                     train["images_per_second"], row["seconds"], "  *best" if is_best else "")
+                     train["images_per_second"], row["seconds"], "  *kept" if keep else "")
             on_epoch_end(row)
     return history
 
 
-def summarize_history(history: list[dict]) -> dict:
-    """The best epoch's metrics (highest val/dice, earliest on ties) as best/<metric>, plus run totals as
-    run/<total>: the names metrics/train.json and MLflow share."""
-    best = max(history, key=lambda row: row["val/dice"])
+def summarize_history(history: list[dict], keep_weights: str = "best_val") -> dict:
+    """The kept epoch's metrics (train.keep_weights: highest val/dice, earliest on ties, or the last) as
+    kept/<metric>, plus run totals as run/<total>: the names metrics/train.json and MLflow share."""
+    kept = max(history, key=lambda row: row["val/dice"]) if keep_weights == "best_val" else history[-1]
     return {
-        **{f"best/{k}": v for k, v in best.items() if k not in ("lr", "seconds")},
+        **{f"kept/{k}": v for k, v in kept.items() if k not in ("lr", "seconds")},
         "run/epochs": len(history),
         "run/seconds": sum(row["seconds"] for row in history),
     }

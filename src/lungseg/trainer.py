@@ -100,7 +100,7 @@ def train(params: Params, inputs: TrainInputs, destinations: checkpoint.Destinat
                                  on_epoch_end=_epoch_logger(track), resume=resume)
         if not processes.is_main:
             return None
-        summary = {**engine.summarize_history(history), "run/processes": processes.world_size}
+        summary = {**engine.summarize_history(history, config.keep_weights), "run/processes": processes.world_size}
         return TrainResult(history, summary, tracking_uri, run_id)
     finally:
         distributed.stop()
