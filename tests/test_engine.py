@@ -35,3 +35,33 @@ def test_summary_names_the_kept_epoch_in_the_shared_namespace():
     assert summary == {"kept/epoch": 2, "kept/train/loss": 0.5, "kept/val/dice": 0.7, "run/epochs": 3,
                        "run/seconds": 9.0}  # earliest epoch on ties
     assert engine.summarize_history(history, "last")["kept/epoch"] == 3
+
+
+@pytest.mark.parametrize("keep_weights, kept_epoch", [("last", 3), ("best_val", 2)])
+def test_fit_writes_the_checkpoint_that_keep_weights_names(tmp_path, monkeypatch, keep_weights, kept_epoch):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from conftest import REPO
+    from lungseg import checkpoint
+    from lungseg.config import load_params
+
+    val_dice = iter([0.5, 0.9, 0.7])  # epoch 2 has the best validation Dice, epoch 3 is the last
+    monkeypatch.setattr(engine, "validate", lambda *args: {"loss": 0.1, "iou": 0.5, "dice": next(val_dice)})
+    config = load_params(REPO / "params.yaml").train.model_copy(
+        update={"epochs": 3, "keep_weights": keep_weights, "channels_last": False})
+    model = torch.nn.Conv2d(1, 1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = TensorDataset(torch.rand(4, 1, 8, 8), (torch.rand(4, 1, 8, 8) > 0.5).float())
+    loader = DataLoader(data, batch_size=2, generator=torch.Generator())
+    training = engine.Training(model, torch.nn.BCEWithLogitsLoss(), optimizer,
+                               torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+                               torch.device("cpu"), "float32", config, seed=0)
+    weights_after = {}
+    on_epoch_end = lambda row: weights_after.update({row["epoch"]: model.weight.detach().clone()})
+    destinations = checkpoint.Destinations(tmp_path / "checkpoint.pt", tmp_path / "state.pt", {"fingerprint": "f"})
+    history = engine.fit(training, loader, loader, destinations, on_epoch_end)
+
+    kept = checkpoint.load_raw(tmp_path / "checkpoint.pt")
+    assert kept["epoch"] == kept_epoch
+    assert torch.equal(kept["model"]["weight"], weights_after[kept_epoch])
+    assert engine.summarize_history(history, keep_weights)["kept/epoch"] == kept_epoch

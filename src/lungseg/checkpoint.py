@@ -1,4 +1,4 @@
-"""The checkpoint format, in one place: the best model, the state an interrupted run resumes from, and loading.
+"""The checkpoint format, in one place: the kept model, the state an interrupted run resumes from, and loading.
 
 A checkpoint is a dict: weights ("model"), optimizer state, epoch, that epoch's metrics, the whole params it was
 trained with ("config"), the input channels, the inputs' fingerprint and the MLflow run id. Files are written to
@@ -28,7 +28,7 @@ class CheckpointError(UserError, ValueError):
 
 @dataclass
 class Checkpoint:
-    """A loaded best-model checkpoint with its training params as the typed config."""
+    """A loaded model checkpoint with its training params as the typed config."""
 
     params: Params
     in_channels: int
@@ -73,7 +73,7 @@ def load_raw(path: str | Path) -> dict:
 
 
 def load(path: str | Path) -> Checkpoint:
-    """The best-model checkpoint the train stage wrote, with its params validated as the typed config."""
+    """The model checkpoint the train stage kept, with its params validated as the typed config."""
     raw = load_raw(path)
     try:
         return Checkpoint(Params.model_validate(raw["config"]), int(raw["in_channels"]), int(raw["epoch"]),
@@ -105,10 +105,10 @@ def load_resumable_state(path: str | Path, expected_fingerprint: str) -> dict | 
 
 @dataclass(frozen=True)
 class Destinations:
-    """Where a training run keeps its kept checkpoint and its resumable state, and what they carry besides
+    """Where a training run writes the checkpoint it keeps and its resumable state, and what they carry besides
     weights (config, in_channels, fingerprint, mlflow_run_id)."""
 
-    best: Path
+    kept: Path
     state: Path
     extra: dict
 
@@ -118,7 +118,7 @@ def save_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
                keep: bool, epochs: int, destinations: Destinations) -> None:
     """The checkpoint when this epoch's weights are the ones to keep, and the state to resume from."""
     if keep:
-        save(destinations.best, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        save(destinations.kept, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                  "epoch": row["epoch"], "metrics": row, **destinations.extra})
     if row["epoch"] < epochs:
         save(destinations.state, {

@@ -96,7 +96,7 @@ def train(params: Params, inputs: TrainInputs, destinations: checkpoint.Destinat
             extra = {"config": params.model_dump(mode="json"), "in_channels": in_channels,
                      "fingerprint": fingerprint, "mlflow_run_id": run_id}
             history = engine.fit(training, train_loader, val_loader,
-                                 checkpoint.Destinations(destinations.best, destinations.state, extra),
+                                 checkpoint.Destinations(destinations.kept, destinations.state, extra),
                                  on_epoch_end=_epoch_logger(track), resume=resume)
         if not processes.is_main:
             return None
