@@ -31,22 +31,18 @@ def test_summary_names_the_kept_epoch_in_the_shared_namespace():
     history = [{"epoch": 1, "train/loss": 1.0, "val/dice": 0.5, "lr": 0.1, "seconds": 2.0},
                {"epoch": 2, "train/loss": 0.5, "val/dice": 0.7, "lr": 0.1, "seconds": 3.0},
                {"epoch": 3, "train/loss": 0.4, "val/dice": 0.7, "lr": 0.1, "seconds": 4.0}]
-    summary = engine.summarize_history(history)
+    summary = engine.summarize_history(history, "best_val")
     assert summary == {"kept/epoch": 2, "kept/train/loss": 0.5, "kept/val/dice": 0.7, "run/epochs": 3,
                        "run/seconds": 9.0}  # earliest epoch on ties
     assert engine.summarize_history(history, "last")["kept/epoch"] == 3
 
 
-@pytest.mark.parametrize("keep_weights, kept_epoch", [("last", 3), ("best_val", 2)])
-def test_fit_writes_the_checkpoint_that_keep_weights_names(tmp_path, monkeypatch, keep_weights, kept_epoch):
+def _tiny_training(keep_weights: str):
     from torch.utils.data import DataLoader, TensorDataset
 
     from conftest import REPO
-    from lungseg import checkpoint
     from lungseg.config import load_params
 
-    val_dice = iter([0.5, 0.9, 0.7])  # epoch 2 has the best validation Dice, epoch 3 is the last
-    monkeypatch.setattr(engine, "validate", lambda *args: {"loss": 0.1, "iou": 0.5, "dice": next(val_dice)})
     config = load_params(REPO / "params.yaml").train.model_copy(
         update={"epochs": 3, "keep_weights": keep_weights, "channels_last": False})
     model = torch.nn.Conv2d(1, 1, 1)
@@ -56,10 +52,35 @@ def test_fit_writes_the_checkpoint_that_keep_weights_names(tmp_path, monkeypatch
     training = engine.Training(model, torch.nn.BCEWithLogitsLoss(), optimizer,
                                torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
                                torch.device("cpu"), "float32", config, seed=0)
+    return training, loader
+
+
+@pytest.mark.parametrize("keep_weights, kept_epoch", [("last", 3), ("best_val", 2)])
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_fit_writes_the_checkpoint_that_keep_weights_names(tmp_path, monkeypatch, keep_weights, kept_epoch,
+                                                           interrupted):
+    from lungseg import checkpoint
+
+    val_dice = iter([0.5, 0.9, 0.7])  # epoch 2 has the best validation Dice, epoch 3 is the last
+    monkeypatch.setattr(engine, "validate", lambda *args: {"loss": 0.1, "iou": 0.5, "dice": next(val_dice)})
+    training, loader = _tiny_training(keep_weights)
     weights_after = {}
-    on_epoch_end = lambda row: weights_after.update({row["epoch"]: model.weight.detach().clone()})
+
+    def on_epoch_end(row):
+        weights_after[row["epoch"]] = training.model.weight.detach().clone()
+        if interrupted and row["epoch"] == 2:
+            raise KeyboardInterrupt  # stopped after epoch 2's files are written
+
     destinations = checkpoint.Destinations(tmp_path / "checkpoint.pt", tmp_path / "state.pt", {"fingerprint": "f"})
-    history = engine.fit(training, loader, loader, destinations, on_epoch_end)
+    if interrupted:
+        with pytest.raises(KeyboardInterrupt):
+            engine.fit(training, loader, loader, destinations, on_epoch_end)
+        assert (tmp_path / "checkpoint.pt").is_file() == (keep_weights == "best_val")  # 'last' writes at the end
+        training, loader = _tiny_training(keep_weights)  # a new process: fresh model, optimizer and schedule
+        resume = checkpoint.load_resumable_state(tmp_path / "state.pt", "f")
+        history = engine.fit(training, loader, loader, destinations, on_epoch_end, resume=resume)
+    else:
+        history = engine.fit(training, loader, loader, destinations, on_epoch_end)
 
     kept = checkpoint.load_raw(tmp_path / "checkpoint.pt")
     assert kept["epoch"] == kept_epoch

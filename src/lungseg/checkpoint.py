@@ -76,9 +76,12 @@ def load(path: str | Path) -> Checkpoint:
     """The model checkpoint the train stage kept, with its params validated as the typed config."""
     raw = load_raw(path)
     try:
+        if isinstance(raw["config"].get("train"), dict):
+            # Checkpoints written before train.keep_weights existed kept the best-validation epoch.
+            raw["config"]["train"].setdefault("keep_weights", "best_val")
         return Checkpoint(Params.model_validate(raw["config"]), int(raw["in_channels"]), int(raw["epoch"]),
                           raw.get("mlflow_run_id"), raw["model"])
-    except (KeyError, ValueError) as err:
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: not a lungseg checkpoint ({err})") from None
 
 

@@ -6,7 +6,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -240,7 +240,7 @@ def fit(training: Training, train_loader: DataLoader, val_loader: DataLoader,
     return history
 
 
-def summarize_history(history: list[dict], keep_weights: str = "best_val") -> dict:
+def summarize_history(history: list[dict], keep_weights: Literal["best_val", "last"]) -> dict:
     """The kept epoch's metrics (train.keep_weights: highest val/dice, earliest on ties, or the last) as
     kept/<metric>, plus run totals as run/<total>: the names metrics/train.json and MLflow share."""
     kept = max(history, key=lambda row: row["val/dice"]) if keep_weights == "best_val" else history[-1]

@@ -17,7 +17,6 @@ import os
 import socket
 import subprocess
 import sys
-import unittest.mock
 import warnings
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -79,9 +78,19 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
                                        f"({first_line}); {advice}") from None
 
 
+@contextlib.contextmanager
 def _quick_requests():
     """One try with a short timeout for the up-front check (MLflow's client would retry a 5xx for minutes)."""
-    return unittest.mock.patch.dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def git_commit(cwd: Path) -> str:
