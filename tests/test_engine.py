@@ -1,7 +1,10 @@
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
-from lungseg import engine
+from conftest import REPO
+from lungseg import checkpoint, engine
+from lungseg.config import load_params
 
 
 def test_cuda_request_without_a_gpu_fails_clearly(monkeypatch):
@@ -38,11 +41,6 @@ def test_summary_names_the_kept_epoch_in_the_shared_namespace():
 
 
 def _tiny_training(keep_weights: str):
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from conftest import REPO
-    from lungseg.config import load_params
-
     config = load_params(REPO / "params.yaml").train.model_copy(
         update={"epochs": 3, "keep_weights": keep_weights, "channels_last": False})
     model = torch.nn.Conv2d(1, 1, 1)
@@ -59,8 +57,6 @@ def _tiny_training(keep_weights: str):
 @pytest.mark.parametrize("interrupted", [False, True])
 def test_fit_writes_the_checkpoint_that_keep_weights_names(tmp_path, monkeypatch, keep_weights, kept_epoch,
                                                            interrupted):
-    from lungseg import checkpoint
-
     val_dice = iter([0.5, 0.9, 0.7])  # epoch 2 has the best validation Dice, epoch 3 is the last
     monkeypatch.setattr(engine, "validate", lambda *args: {"loss": 0.1, "iou": 0.5, "dice": next(val_dice)})
     training, loader = _tiny_training(keep_weights)
