@@ -40,6 +40,13 @@ def test_summary_names_the_kept_epoch_in_the_shared_namespace():
     assert engine.summarize_history(history, "last")["kept/epoch"] == 3
 
 
+@pytest.mark.parametrize("keep_weights, epochs_written", [("best_val", [1, 2]), ("last", [3])])
+def test_keeps_epoch_writes_each_new_best_or_only_the_last(keep_weights, epochs_written):
+    history = [{"epoch": epoch, "val/dice": dice} for epoch, dice in ((1, 0.5), (2, 0.7), (3, 0.7))]
+    written = [row["epoch"] for row in history if engine.keeps_epoch(history[: row["epoch"]], keep_weights, 3)]
+    assert written == epochs_written  # a tie is no new best
+
+
 def _tiny_training(keep_weights: str):
     config = load_params(REPO / "params.yaml").train.model_copy(
         update={"epochs": 3, "keep_weights": keep_weights, "channels_last": False})

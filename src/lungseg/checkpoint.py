@@ -117,8 +117,8 @@ class Destinations:
 
 
 def save_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LRScheduler, row: dict, history: list[dict], best_dice: float,
-               keep: bool, epochs: int, destinations: Destinations) -> None:
+               scheduler: torch.optim.lr_scheduler.LRScheduler, row: dict, history: list[dict], keep: bool,
+               epochs: int, destinations: Destinations) -> None:
     """The checkpoint when this epoch's weights are the ones to keep, and the state to resume from."""
     if keep:
         save(destinations.kept, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -127,7 +127,7 @@ def save_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
         save(destinations.state, {
             "fingerprint": destinations.extra["fingerprint"], "completed": False,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "history": history, "best_dice": best_dice,
+            "scheduler": scheduler.state_dict(), "history": history,
             "mlflow_run_id": destinations.extra.get("mlflow_run_id"),
         })
     else:

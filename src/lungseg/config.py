@@ -27,6 +27,8 @@ def _not_bool(value: object) -> object:
 
 Real = Annotated[float, BeforeValidator(_not_bool)]
 
+KeepWeights = Literal["best_val", "last"]  # train.keep_weights: the highest-val-Dice epoch, or the last
+
 
 class ConfigError(UserError, ValueError):
     """params.yaml is unreadable or holds an unknown key or a bad value."""
@@ -117,7 +119,7 @@ class TrainConfig(_Strict):
     num_threads: StrictInt = Field(ge=0)
     num_workers: Literal["auto"] | Annotated[StrictInt, Field(ge=0)]
     nproc: StrictInt = Field(ge=1)
-    keep_weights: Literal["best_val", "last"]
+    keep_weights: KeepWeights
 
     @field_validator("image_size")
     @classmethod

@@ -6,7 +6,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from lungseg import checkpoint, distributed
-from lungseg.config import TrainConfig
+from lungseg.config import KeepWeights, TrainConfig
 from lungseg.distributed import Processes
 from lungseg.errors import UserError
 from lungseg.metrics import SegmentationScores, iou_dice
@@ -193,11 +193,24 @@ class Training:
     processes: Processes = Processes()
 
 
-def _restore(training: Training, resume: dict) -> tuple[list[dict], float]:
+def _restore(training: Training, resume: dict) -> list[dict]:
     distributed.unwrap_model(training.model).load_state_dict(resume["model"])
     training.optimizer.load_state_dict(resume["optimizer"])
     training.scheduler.load_state_dict(resume["scheduler"])
-    return list(resume["history"]), resume["best_dice"]
+    return list(resume["history"])
+
+
+def kept_row(history: list[dict], keep_weights: KeepWeights) -> dict:
+    """The row of the epoch whose weights train.keep_weights keeps, among the epochs run so far: the highest
+    val/dice (earliest on ties) or the last."""
+    return max(history, key=lambda row: row["val/dice"]) if keep_weights == "best_val" else history[-1]
+
+
+def keeps_epoch(history: list[dict], keep_weights: KeepWeights, epochs: int) -> bool:
+    """Whether the newest epoch's weights are to be written as the kept checkpoint: under best_val whenever it
+    is the best so far, under last only at the end (an interrupted run never leaves a half-annealed model)."""
+    newest = history[-1]["epoch"]
+    return kept_row(history, keep_weights)["epoch"] == newest and (keep_weights == "best_val" or newest == epochs)
 
 
 def fit(training: Training, train_loader: DataLoader, val_loader: DataLoader,
@@ -205,16 +218,16 @@ def fit(training: Training, train_loader: DataLoader, val_loader: DataLoader,
         resume: dict | None = None) -> list[dict]:
     """Train for config.epochs, or what is left of them when `resume` holds an interrupted run's state.
 
-    After each epoch: the checkpoint when this epoch's weights are the ones to keep (config.keep_weights: the
-    highest val/dice so far, earliest on ties, or the last epoch) and the state to continue from are written
-    (checkpoint.save_epoch), then on_epoch_end(row) is called. Rows use the shared metric names: epoch,
+    After each epoch: the checkpoint when this epoch's weights are the ones to keep (keeps_epoch) and the state
+    to continue from are written (checkpoint.save_epoch), then on_epoch_end(row) is called. Rows use the shared metric names: epoch,
     train/loss, train/iou, train/dice, train/images_per_second, val/loss, val/iou, val/dice, lr, seconds.
     Distributed, every process computes the same (reduced) rows; only the main process writes and reports.
     """
     config, processes = training.config, training.processes
-    history, best_dice = _restore(training, resume) if resume else ([], -1.0)
+    history = _restore(training, resume) if resume else []
     if resume and processes.is_main:
-        log.info("resuming after epoch %d of %d (best val dice %.4f)", len(history), config.epochs, best_dice)
+        log.info("resuming after epoch %d of %d (kept so far: epoch %d)", len(history), config.epochs,
+                 kept_row(history, config.keep_weights)["epoch"])
     for epoch in range(len(history) + 1, config.epochs + 1):
         start = time.perf_counter()
         seed_epoch(training.seed, epoch, train_loader, processes.rank)
@@ -227,12 +240,10 @@ def fit(training: Training, train_loader: DataLoader, val_loader: DataLoader,
                **{f"val/{k}": v for k, v in val.items()},
                "lr": training.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
         history.append(row)
-        is_best = val["dice"] > best_dice  # the same decision in every process: val is reduced across them
-        best_dice = max(best_dice, val["dice"])
-        keep = is_best if config.keep_weights == "best_val" else epoch == config.epochs
+        keep = keeps_epoch(history, config.keep_weights, config.epochs)  # every process agrees: val is reduced
         if processes.is_main:
             checkpoint.save_epoch(distributed.unwrap_model(training.model), training.optimizer,
-                                  training.scheduler, row, history, best_dice, keep, config.epochs, destinations)
+                                  training.scheduler, row, history, keep, config.epochs, destinations)
             log.info("epoch %d/%d  train loss %.4f dice %.4f  val loss %.4f dice %.4f iou %.4f  %.1f img/s  %.0fs%s",
                      epoch, config.epochs, train["loss"], train["dice"], val["loss"], val["dice"], val["iou"],
                      train["images_per_second"], row["seconds"], "  *kept" if keep else "")
@@ -240,10 +251,10 @@ def fit(training: Training, train_loader: DataLoader, val_loader: DataLoader,
     return history
 
 
-def summarize_history(history: list[dict], keep_weights: Literal["best_val", "last"]) -> dict:
-    """The kept epoch's metrics (train.keep_weights: highest val/dice, earliest on ties, or the last) as
-    kept/<metric>, plus run totals as run/<total>: the names metrics/train.json and MLflow share."""
-    kept = max(history, key=lambda row: row["val/dice"]) if keep_weights == "best_val" else history[-1]
+def summarize_history(history: list[dict], keep_weights: KeepWeights) -> dict:
+    """The kept epoch's metrics (kept_row) as kept/<metric>, plus run totals as run/<total>: the names
+    metrics/train.json and MLflow share."""
+    kept = kept_row(history, keep_weights)
     return {
         **{f"kept/{k}": v for k, v in kept.items() if k not in ("lr", "seconds")},
         "run/epochs": len(history),
