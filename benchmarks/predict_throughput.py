@@ -39,7 +39,7 @@ def main() -> None:
     segmenter.predict(read_xray(files[0]))  # warm-up: the first run initialises ONNX Runtime
     model_seconds = 0.0
     with tempfile.TemporaryDirectory() as out:
-        jobs, _ = plan(files, out, Options().extras())
+        jobs = plan(files, out, Options().extras())
         summary = predict_files(segmenter, jobs, out, Options(), show_progress=False)
     print(f"images: {summary.written} ({len(summary.failed)} failed), threads: {args.threads}, "
           f"model input: {model.image_size}x{model.image_size}, provider: {segmenter.provider}")

@@ -40,6 +40,19 @@ def test_files_that_are_not_images_are_told_apart_from_broken_images(tmp_path, r
     assert not isinstance(caught.value, NotAnImage)
 
 
+def test_an_empty_or_cut_file_is_named_for_what_it_is(tmp_path, real_xray):
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ImageReadError, match=r"empty.png: empty file \(0 bytes\)"):
+        read_xray(tmp_path / "empty.png")
+    with pytest.raises(ImageReadError, match=r"upload: empty file \(0 bytes\)"):
+        decode_xray(b"", "upload")
+    buffer = io.BytesIO()
+    Image.fromarray(real_xray[0]).save(buffer, format="JPEG", quality=95)
+    (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 3])
+    with pytest.raises(ImageReadError, match=r"cut.jpg: truncated image file \(the data ends before the image does\)$"):
+        read_xray(tmp_path / "cut.jpg")
+
+
 def test_the_pixel_limit_is_checked_before_decoding(tmp_path, monkeypatch):
     buffer = io.BytesIO()
     Image.new("L", (4000, 4000)).save(buffer, format="PNG")  # 16 megapixels in a few kilobytes

@@ -7,7 +7,7 @@ import pytest
 
 from lungseg import export
 from lungseg.cli import main
-from lungseg.runtime.model_file import CARD_KEY, ModelError, load_model
+from lungseg.runtime.model_file import CARD_KEY, DEFAULT_MODEL_PATH, ModelError, load_model
 from conftest import export_tiny, tiny_card
 
 
@@ -75,3 +75,19 @@ def test_the_model_runs_from_its_file_alone(tmp_path, tiny_model, real_xray):
     code = main(["predict", str(tmp_path / "x.png"), "--model", str(lone), "--output", str(tmp_path / "out"),
                  "--quiet"])
     assert code == 0 and (tmp_path / "out" / "x.png").is_file()
+
+
+def test_a_registry_uri_without_a_store_fails_without_creating_one(tmp_path, monkeypatch):
+    from lungseg.runtime import registry
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(ModelError, match=r"mlflow.db does not exist; run in the repository that trained it"):
+        registry.local_model_path("models:/lungseg@champion")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_default_model_says_where_it_looked_and_how_to_name_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelError, match=rf"looked for {tmp_path}/models/model.onnx\); name one with --model"):
+        load_model(DEFAULT_MODEL_PATH)

@@ -102,3 +102,18 @@ def test_dicom_seg_references_its_source_and_holds_the_mask(export, tiny_onnx, t
     algorithm = plain.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert algorithm.AlgorithmName == "lungseg" and "weights_sha256=" in algorithm.AlgorithmParameters
     assert read_report(out)[str(source_path)]["seg"] == "1.2.840.1.seg.dcm"
+
+
+def test_a_header_that_cannot_make_a_seg_is_one_row_and_the_batch_goes_on(export, tiny_onnx, tmp_path, capsys):
+    series = export / "study" / "series1"
+    odd = pydicom.dcmread(series / "1.2.840.1")
+    del odd.StudyInstanceUID
+    odd.save_as(series / "no_study_uid")
+    out = tmp_path / "out"
+    assert main(["predict", str(series), "--model", str(tiny_onnx), "--output", str(out), "--quiet", "--seg"]) == 1
+    report = read_report(out)
+    assert report["no_study_uid"]["status"].startswith("error: no_study_uid: cannot make a DICOM SEG from its header")
+    assert report["1.2.840.1"]["status"] in ("ok", "review") and (out / "1.2.840.1.seg.dcm").is_file()
+    assert not (out / "no_study_uid.png").exists()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "copy Patient-related attributes" not in err  # highdicom's INFO stays quiet

@@ -119,7 +119,8 @@ def test_a_killed_batch_leaves_only_complete_files_and_the_next_run_clears_its_t
         with Image.open(path) as picture:
             picture.load()  # every visible file is complete
     (out / f"{files.TEMPORARY_PREFIX}leftover-x.png").write_bytes(b"half")
-    assert main(["predict", *map(str, inputs[:3]), "--model", str(tiny_onnx), "--output", str(out), "--quiet"]) == 0
+    assert main(["predict", *map(str, inputs[:3]), "--model", str(tiny_onnx), "--output", str(out), "--quiet",
+                 "--overwrite"]) == 0  # the first masks were finished before the kill
     assert not [p for p in out.iterdir() if p.name.startswith(files.TEMPORARY_PREFIX)]
 
 
@@ -141,3 +142,66 @@ def test_exit_codes(folder, tiny_onnx, tmp_path):
         main(["predict", "--bogus"])
     assert usage.value.code == 2
     assert predict(folder, "--model", tmp_path / "none.onnx", "--output", tmp_path / "o3") == 3
+
+
+def test_results_already_in_the_output_folder_are_kept_unless_overwrite_is_asked(folder, tiny_onnx, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b.png").write_bytes(b"the user's own file")
+    assert predict(folder, "--model", tiny_onnx, "--output", out) == 3
+    assert "already holds 1 of this run's result files (first: b.png)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["b.png"]  # refused before any work
+    assert (out / "b.png").read_bytes() == b"the user's own file"
+    assert predict(folder, "--model", tiny_onnx, "--output", out, "--overwrite") == 0
+    assert Image.open(out / "b.png").mode == "L"
+    assert predict(folder / "a.png", "--model", tiny_onnx, "--output", out) == 3  # a.png, report.csv exist now
+
+
+def test_a_missing_input_is_a_row_of_the_report(folder, tiny_onnx, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert predict(tmp_path / "nowhere.png", folder / "a.png", "--model", tiny_onnx, "--output", out) == 1
+    with open(out / "report.csv", newline="") as handle:
+        report = {row["file"]: row["status"] for row in csv.DictReader(handle)}
+    assert report[str(tmp_path / "nowhere.png")] == f"error: {tmp_path / 'nowhere.png'}: no such file or folder"
+    assert report[str(folder / "a.png")] in ("ok", "review")
+    assert "1 masks written, 1 failed" in capsys.readouterr().out
+
+
+def test_an_unexpected_failure_of_one_file_is_its_row_and_the_batch_goes_on(folder, tiny_onnx, tmp_path, monkeypatch,
+                                                                              capsys):
+    from lungseg.runtime import predict as predict_module
+
+    real_overlay = predict_module.outline_overlay
+
+    def fails_on_a_quarter_size_image(pixels, labels):
+        if pixels.shape[0] == 128:
+            raise AttributeError("an odd header")
+        return real_overlay(pixels, labels)
+
+    Image.fromarray(np.asarray(Image.open(folder / "a.png"))[::4, ::4]).save(folder / "small.png")
+    monkeypatch.setattr(predict_module, "outline_overlay", fails_on_a_quarter_size_image)
+    out = tmp_path / "out"
+    assert predict(folder, "--model", tiny_onnx, "--output", out, "--overlay") == 1
+    with open(out / "report.csv", newline="") as handle:
+        report = {row["file"]: row["status"] for row in csv.DictReader(handle)}
+    assert report["small.png"] == "error: small.png: AttributeError: an odd header"
+    assert [report[name] in ("ok", "review") for name in ("a.png", "b.png", "c.png")] == [True] * 3
+    assert not (out / "small.png").exists()  # no mask without all of its outputs
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_seg_without_highdicom_is_refused_before_any_work(folder, tiny_onnx, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "highdicom" else real_find_spec(name, *args))
+    assert predict(folder, "--model", tiny_onnx, "--output", tmp_path / "out", "--seg") == 3
+    assert "pip install 'lungseg[dicom]'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_negative_thread_count_is_a_usage_error(folder, tiny_onnx, tmp_path):
+    with pytest.raises(SystemExit) as usage:
+        predict(folder, "--model", tiny_onnx, "--output", tmp_path / "out", "--threads", "-3")
+    assert usage.value.code == 2

@@ -5,11 +5,12 @@ model is named by an MLflow URI); `promote` sets a registry alias; `ui` and `tra
 training side.
 
 Exit codes: 0 all went well; 1 some inputs failed (each named on stderr and in report.csv); 2 usage errors
-(argparse); 3 an unusable model or output location (nothing was done).
+(argparse); 3 an unusable model or output location (nothing was done), or a failed write stopped the batch.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 
@@ -39,14 +40,16 @@ def _predict(args: argparse.Namespace) -> int:
 
     options = Options(overlay=args.overlay, probabilities=args.probabilities, seg=args.seg,
                       patient_fields=args.patient_fields)
+    if args.seg and importlib.util.find_spec("highdicom") is None:
+        _error("--seg needs highdicom, which is not installed: pip install 'lungseg[dicom]'")
+        return EXIT_UNUSABLE
     try:
         segmenter = _load(args)
-        jobs, missing = plan(args.inputs, args.output, options.extras())
+        jobs = plan(args.inputs, args.output, options.extras(), overwrite=args.overwrite)
     except UserError as err:
         _error(err)
         return EXIT_UNUSABLE
     summary = predict_files(segmenter, jobs, args.output, options, show_progress=not args.quiet)
-    summary.failed[:0] = missing
     for problem in summary.failed:
         _error(problem)
     for reason in summary.skipped:
@@ -55,7 +58,7 @@ def _predict(args: argparse.Namespace) -> int:
     if summary.stopped:
         _error(f"stopped: {summary.stopped}")
         return EXIT_UNUSABLE
-    if not jobs and not missing:
+    if not jobs:
         _error("no input files found")
         return EXIT_INPUTS_FAILED
     return EXIT_INPUTS_FAILED if summary.failed else EXIT_OK
@@ -113,19 +116,27 @@ def _tracking_server(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=str(DEFAULT_MODEL_PATH),
                         help="an exported .onnx file, or an MLflow model URI: models:/lungseg@champion, "
                              "models:/lungseg/3, runs:/<run id>/model (needs lungseg[mlflow])")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto: CUDA when onnxruntime-gpu can use it, else CPU; cuda: fail rather than fall back")
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
+    parser.add_argument("--threads", type=_count, default=0, help="ONNX Runtime threads (0: all cores)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lungseg", description="Lung segmentation on chest X-rays.",
                                      epilog="exit codes: 0 ok, 1 some inputs failed, 2 usage error, "
-                                            "3 unusable model or output location")
+                                            "3 unusable model or output location, or a failed write stopped the batch")
     parser.add_argument("--version", action="version", version=f"lungseg {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -134,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="files or folders (walked recursively): PNG, JPEG, TIFF, DICOM (found by content)")
     predict.add_argument("--output", required=True,
                          help="folder for the results; mirrors the inputs' sub-folders; not an input folder")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="replace result files already in the --output folder (default: refuse, before any work)")
     _add_model_options(predict)
     predict.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png: the lung outlines")
     predict.add_argument("--probabilities", action="store_true",
@@ -176,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("lungseg").setLevel(logging.INFO)  # our progress; libraries (highdicom) only warn
     return args.handler(args)
 
 

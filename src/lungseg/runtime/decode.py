@@ -108,6 +108,8 @@ def _decode_raster(source: Path | io.BytesIO, name: str) -> Xray:
     except Image.DecompressionBombError:
         raise ImageReadError(f"{name}: refused, too many pixels (over the limit of {MAX_PIXELS:,})") from None
     except (OSError, SyntaxError, ValueError, MemoryError, EOFError) as err:
+        if "truncated" in str(err):  # PIL's own wording counts bytes of its buffer, not of the file: leave it out
+            raise ImageReadError(f"{name}: truncated image file (the data ends before the image does)") from None
         raise ImageReadError(f"{name}: unreadable or truncated image ({err})") from None
     if pixels.ndim != 2 or min(pixels.shape) < 1:
         raise ImageReadError(f"{name}: image has no pixels (shape {pixels.shape})")
@@ -131,6 +133,8 @@ def read_xray(path: str | Path) -> Xray:
         raise ImageReadError(f"{path}: file not found") from None
     except OSError as err:
         raise ImageReadError(f"{path}: cannot read ({err.strerror or err})") from None
+    if not head:
+        raise ImageReadError(f"{path}: empty file (0 bytes)")
     if looks_like_raster(head):
         return _decode_raster(path, str(path))
     from lungseg.runtime import dicom  # pydicom only when a file may be DICOM
@@ -146,6 +150,8 @@ def read_xray(path: str | Path) -> Xray:
 
 def decode_xray(data: bytes, name: str) -> Xray:
     """The same for bytes, e.g. an HTTP request body."""
+    if not data:
+        raise ImageReadError(f"{name}: empty file (0 bytes)")
     if looks_like_raster(data[:8]):
         return _decode_raster(io.BytesIO(data), name)
     from lungseg.runtime import dicom  # pydicom only when the bytes may be DICOM

@@ -60,13 +60,13 @@ def parses_as_dicom(source: str | Path | BinaryIO) -> bool:
 def _not_an_xray(ds: pydicom.Dataset, name: str) -> None:
     media_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
     if media_class == MEDIA_DIRECTORY or "DirectoryRecordSequence" in ds:
-        raise NotAnImage(f"{name}: skipped, a DICOMDIR (an index of other files, no image)")
+        raise NotAnImage(f"{name}: a DICOMDIR (an index of other files, no image)")
     sop_class = str(ds.get("SOPClassUID", media_class))
     for prefix, kind in NOT_XRAY_PREFIXES.items():
         if sop_class.startswith(prefix):
-            raise NotAnImage(f"{name}: skipped, {kind} ({pydicom.uid.UID(sop_class).name}), not an X-ray")
+            raise NotAnImage(f"{name}: {kind} ({pydicom.uid.UID(sop_class).name}), not an X-ray")
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise NotAnImage(f"{name}: skipped, DICOM object without pixel data "
+        raise NotAnImage(f"{name}: DICOM object without pixel data "
                          f"({pydicom.uid.UID(sop_class).name if sop_class else 'no SOP class'})")
 
 

@@ -161,7 +161,9 @@ def load_model(path: str | Path, device: str = "auto", threads: int = 0) -> Mode
     """Open an exported model and check its card against the graph. Raises ModelError or DeviceError."""
     path = Path(path)
     if not path.is_file():
-        raise _refuse(path, "model file not found (build it with `dvc repro`, or fetch one: see docs/deploy.md)")
+        where = "" if path.is_absolute() else f" (looked for {path.resolve()})"
+        raise _refuse(path, f"model file not found{where}; name one with --model, build it with `dvc repro` in the "
+                            f"repository, or fetch one: see docs/deploy.md")
     providers = providers_for(device)
     try:
         session = create_session(path, threads=threads, providers=providers)

@@ -7,11 +7,12 @@ UID). Beside it, on request: <name>_labels.png (1 = right lung, 2 = left lung), 
 <name>_probability.png, <name>.seg.dcm (DICOM inputs). report.csv lists every input with its result or its
 problem.
 
-Safety, checked before any work: the output folder may not be, or lie inside, an input folder, and no output
-may overwrite an input; two inputs whose outputs would collide keep the first and report the second. Every
-file is written atomically under a hidden temporary name; leftovers of a killed run are cleared at the start.
-A failed write (a full disk) stops the batch at once, and report.csv is still written for what was done when
-the disk allows it.
+Safety, checked before any work: the output folder may not be, or lie inside, an input folder, no output may
+overwrite an input, and no file already in the output folder is replaced unless asked (`overwrite`); two
+inputs whose outputs would collide keep the first and report the second. Every file is written atomically
+under a hidden temporary name; leftovers of a killed run are cleared at the start. A file that cannot be read
+or segmented is one row of report.csv, never the end of the batch; only a failed write (a full disk) stops it,
+and report.csv is still written for what was done when the disk allows it.
 """
 from __future__ import annotations
 
@@ -46,10 +47,15 @@ REPORT_COLUMNS = [
     "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
 ]
 PATIENT_COLUMNS = ["PatientID", "PatientName", "AccessionNumber"]
+REPORT = "report.csv"
 
 
 class OutputLocationError(UserError, ValueError):
     """The output location is unusable or would destroy inputs: refused before any work."""
+
+
+class ResultError(UserError, ValueError):
+    """One input's results cannot be made: reported in its row, the batch goes on."""
 
 
 @dataclass
@@ -117,8 +123,8 @@ class Job:
 
     path: Path
     shown: str  # the input as reported: its path as given, or below the folder it was found in
-    mask: Path
-    refused: str = ""  # why this input is not processed (its outputs would collide with an earlier input's)
+    mask: Path | None  # None for an input that does not exist
+    refused: str = ""  # why this input is not processed: it does not exist, or its outputs would collide
 
 
 def _visible_files(folder: Path) -> list[Path]:
@@ -139,14 +145,19 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def plan(inputs: list[str | Path], output_dir: str | Path, extras: set[str]) -> tuple[list[Job], list[str]]:
-    """The work: one Job per input file, and the problems with inputs that do not exist.
+def _targets(job: Job, extras: set[str]) -> list[Path]:
+    return [job.mask] + [job.mask.with_name(job.mask.stem + EXTRA_OUTPUTS[e]) for e in sorted(extras)]
+
+
+def plan(inputs: list[str | Path], output_dir: str | Path, extras: set[str], overwrite: bool = False) -> list[Job]:
+    """The work: one Job per input file; an input that does not exist is a refused Job, reported like others.
 
     Raises OutputLocationError, before anything is written, when the output folder is an input folder or lies
-    inside one, when an output would overwrite an input file, or when the output folder cannot be created.
+    inside one, when an output would overwrite an input file, when an output (or report.csv) already exists and
+    `overwrite` is off, or when the output folder cannot be created.
     """
     output_dir = Path(output_dir).resolve()
-    jobs, missing, input_files = [], [], set()
+    jobs = []
     for item in map(Path, inputs):
         if item.is_dir():
             folder = item.resolve()
@@ -160,27 +171,33 @@ def plan(inputs: list[str | Path], output_dir: str | Path, extras: set[str]) -> 
         elif item.is_file():
             jobs.append(Job(item, str(item), output_dir / f"{output_name(Path(item.name))}.png"))
         else:
-            missing.append(f"{item}: no such file or folder")
-    input_files = {job.path.resolve() for job in jobs}
+            jobs.append(Job(item, str(item), None, refused=f"{item}: no such file or folder"))
+    input_files = {job.path.resolve() for job in jobs if job.mask}
     claimed: dict[Path, str] = {}
-    for job in jobs:
-        targets = [job.mask] + [job.mask.with_name(job.mask.stem + EXTRA_OUTPUTS[e]) for e in sorted(extras)]
+    for job in (job for job in jobs if job.mask):
+        targets = _targets(job, extras)
         for target in targets:
             if target in input_files:
                 raise OutputLocationError(f"{target} would overwrite the input file of the same name; choose an "
                                           f"--output folder outside the inputs")
         clash = next((claimed[t] for t in targets if t in claimed), None)
         if clash:
-            job.refused = f"{job.shown}: skipped, its outputs would overwrite those of {clash}"
+            job.refused = f"{job.shown}: not processed, its outputs would overwrite those of {clash}"
         else:
             claimed.update(dict.fromkeys(targets, job.shown))
+    if not overwrite:
+        existing = [path for path in [*claimed, output_dir / REPORT] if path.exists()]
+        if existing:
+            raise OutputLocationError(
+                f"--output {output_dir} already holds {len(existing)} of this run's result files (first: "
+                f"{existing[0].relative_to(output_dir)}); choose a new folder, or pass --overwrite to replace them")
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputLocationError(f"--output {output_dir}: cannot create the folder ({err.strerror or err})") from None
     if not os.access(output_dir, os.W_OK | os.X_OK):
         raise OutputLocationError(f"--output {output_dir}: folder is not writable")
-    return jobs, missing
+    return jobs
 
 
 @dataclass
@@ -215,9 +232,11 @@ class PredictionSummary:
                 f"on {self.provider}")
 
 
-def _read(path: Path) -> Xray | ImageReadError:
+def _read(job: Job) -> Xray | ImageReadError | None:
+    if job.refused:
+        return None
     try:
-        return read_xray(path)
+        return read_xray(job.path)
     except ImageReadError as err:
         return err
 
@@ -237,7 +256,12 @@ def _write_results(segmenter: Segmenter, job: Job, xray: Xray, low_res: np.ndarr
     if options.seg and xray.header is not None:
         from lungseg.runtime import dicom_seg  # highdicom: only when asked for
 
-        files.write_bytes(extra["seg"], dicom_seg.segmentation_bytes(xray.header, result.labels, segmenter.model))
+        try:
+            seg = dicom_seg.segmentation_bytes(xray.header, result.labels, segmenter.model)
+        except Exception as err:  # highdicom refuses headers it cannot copy into a SEG; no output for this file
+            raise ResultError(f"{job.shown}: cannot make a DICOM SEG from its header ({type(err).__name__}: "
+                              f"{err})") from None
+        files.write_bytes(extra["seg"], seg)
         row["seg"] = shown(extra["seg"])
     files.write_png(extra["labels"], result.labels)
     row["labels"] = shown(extra["labels"])
@@ -281,11 +305,11 @@ def predict_files(segmenter: Segmenter, jobs: list[Job], output_dir: str | Path,
 
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=2) as pool:
-        reads: deque[Future] = deque(pool.submit(_read, job.path) for job in jobs[:LOOKAHEAD])
+        reads: deque[Future] = deque(pool.submit(_read, job) for job in jobs[:LOOKAHEAD])
         for index, job in enumerate(tqdm(jobs, desc="predict", unit="img", disable=not show_progress)):
             xray = reads.popleft().result()
             if index + LOOKAHEAD < len(jobs):
-                reads.append(pool.submit(_read, jobs[index + LOOKAHEAD].path))
+                reads.append(pool.submit(_read, jobs[index + LOOKAHEAD]))
             if write_failures:
                 results.append((job, {"status": f"not done: the batch stopped at a failed write: {write_failures[0]}"}))
             elif job.refused:
@@ -299,7 +323,7 @@ def predict_files(segmenter: Segmenter, jobs: list[Job], output_dir: str | Path,
                 future = pool.submit(_write_results, segmenter, job, xray, low_res, options, output_dir)
                 future.add_done_callback(note_failure)
                 results.append((job, future))
-        rows = [{"file": job.shown, **_settle(result)} for job, result in results]
+        rows = [{"file": job.shown, **_settle(job, result)} for job, result in results]
     summary.seconds = time.perf_counter() - start
     summary.stopped = write_failures[0] if write_failures else ""
     for row in rows:
@@ -313,16 +337,18 @@ def predict_files(segmenter: Segmenter, jobs: list[Job], output_dir: str | Path,
             summary.written += 1
             summary.flagged += bool(row.get("needs_review"))
     try:
-        files.write_text(output_dir / "report.csv", report_csv(rows, options.patient_fields))
+        files.write_text(output_dir / REPORT, report_csv(rows, options.patient_fields))
     except files.OutputError as err:
         summary.stopped = summary.stopped or str(err)
     return summary
 
 
-def _settle(result: dict | Future) -> dict:
+def _settle(job: Job, result: dict | Future) -> dict:
     if not isinstance(result, Future):
         return result
     try:
         return result.result()
-    except files.OutputError as err:
+    except (files.OutputError, ResultError) as err:  # names the file
         return {"status": f"error: {err}"}
+    except Exception as err:  # one file's unexpected problem (an odd DICOM header, ...) never ends the batch
+        return {"status": f"error: {job.shown}: {type(err).__name__}: {err}"}

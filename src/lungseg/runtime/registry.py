@@ -33,11 +33,16 @@ def tracking_uri() -> str:
 
 
 def _mlflow_client():
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        # MLflow would create an empty store here and then find no model in it
+        raise ModelError(f"no MLflow store to fetch the model from: {uri[len('sqlite:///'):]} does not exist; run "
+                         f"in the repository that trained it, or set MLFLOW_TRACKING_URI")
     try:
         from mlflow.tracking import MlflowClient
     except ImportError:
         raise ModelError("fetching a model from MLflow needs the MLflow client: pip install 'lungseg[mlflow]'") from None
-    return MlflowClient(tracking_uri())
+    return MlflowClient(uri)
 
 
 def _pinned(uri: str, client) -> str:
