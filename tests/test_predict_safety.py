@@ -205,3 +205,12 @@ def test_a_negative_thread_count_is_a_usage_error(folder, tiny_onnx, tmp_path):
     with pytest.raises(SystemExit) as usage:
         predict(folder, "--model", tiny_onnx, "--output", tmp_path / "out", "--threads", "-3")
     assert usage.value.code == 2
+
+
+def test_an_input_that_fails_on_overwrite_keeps_no_mask_of_the_earlier_run(folder, tiny_onnx, tmp_path):
+    out = tmp_path / "out"
+    assert predict(folder, "--model", tiny_onnx, "--output", out) == 0
+    (folder / "b.png").write_bytes((folder / "b.png").read_bytes()[:200])  # the film is cut short since
+    assert predict(folder, "--model", tiny_onnx, "--output", out, "--overwrite") == 1
+    assert not (out / "b.png").exists() and not (out / "b_labels.png").exists()
+    assert (out / "a.png").is_file() and (out / "c.png").is_file()

@@ -5,7 +5,8 @@ model is named by an MLflow URI); `promote` sets a registry alias; `ui` and `tra
 training side.
 
 Exit codes: 0 all went well; 1 some inputs failed (each named on stderr and in report.csv); 2 usage errors
-(argparse); 3 an unusable model or output location (nothing was done), or a failed write stopped the batch.
+(argparse); 3 an unusable model or output location, or --seg without its extra (nothing was done), or a failed
+write stopped the batch.
 """
 from __future__ import annotations
 
@@ -118,7 +119,10 @@ def _tracking_server(args: argparse.Namespace) -> int:
 
 def _count(text: str) -> int:
     """argparse type: an integer >= 0."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
@@ -135,8 +139,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lungseg", description="Lung segmentation on chest X-rays.",
-                                     epilog="exit codes: 0 ok, 1 some inputs failed, 2 usage error, "
-                                            "3 unusable model or output location, or a failed write stopped the batch")
+                                     epilog="exit codes: 0 ok, 1 some inputs failed, 2 usage error, 3 unusable "
+                                            "model, output location or missing extra, or a failed write stopped "
+                                            "the batch")
     parser.add_argument("--version", action="version", version=f"lungseg {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -218,16 +218,18 @@ def fit(training: Training, train_loader: DataLoader, val_loader: DataLoader,
         resume: dict | None = None) -> list[dict]:
     """Train for config.epochs, or what is left of them when `resume` holds an interrupted run's state.
 
-    After each epoch: the checkpoint when this epoch's weights are the ones to keep (keeps_epoch) and the state
-    to continue from are written (checkpoint.save_epoch), then on_epoch_end(row) is called. Rows use the shared metric names: epoch,
-    train/loss, train/iou, train/dice, train/images_per_second, val/loss, val/iou, val/dice, lr, seconds.
+    After each epoch: the checkpoint when this epoch's weights are the ones to keep (keeps_epoch) and the
+    state to continue from are written (checkpoint.save_epoch), then on_epoch_end(row) is called. Rows use the
+    shared metric names: epoch, train/loss, train/iou, train/dice, train/images_per_second, val/loss, val/iou,
+    val/dice, lr, seconds.
     Distributed, every process computes the same (reduced) rows; only the main process writes and reports.
     """
     config, processes = training.config, training.processes
     history = _restore(training, resume) if resume else []
     if resume and processes.is_main:
-        log.info("resuming after epoch %d of %d (kept so far: epoch %d)", len(history), config.epochs,
-                 kept_row(history, config.keep_weights)["epoch"])
+        best = kept_row(history, "best_val")["epoch"]  # under "last", nothing is kept before the end
+        log.info("resuming after epoch %d of %d%s", len(history), config.epochs,
+                 f" (best so far: epoch {best})" if config.keep_weights == "best_val" else "")
     for epoch in range(len(history) + 1, config.epochs + 1):
         start = time.perf_counter()
         seed_epoch(training.seed, epoch, train_loader, processes.rank)

@@ -125,6 +125,7 @@ class Job:
     shown: str  # the input as reported: its path as given, or below the folder it was found in
     mask: Path | None  # None for an input that does not exist
     refused: str = ""  # why this input is not processed: it does not exist, or its outputs would collide
+    replaces: list[Path] = field(default_factory=list)  # its result files already there (--overwrite)
 
 
 def _visible_files(folder: Path) -> list[Path]:
@@ -185,8 +186,9 @@ def plan(inputs: list[str | Path], output_dir: str | Path, extras: set[str], ove
             job.refused = f"{job.shown}: not processed, its outputs would overwrite those of {clash}"
         else:
             claimed.update(dict.fromkeys(targets, job.shown))
+            job.replaces = [target for target in targets if target.exists()]
     if not overwrite:
-        existing = [path for path in [*claimed, output_dir / REPORT] if path.exists()]
+        existing = [path for job in jobs for path in job.replaces] + [p for p in [output_dir / REPORT] if p.exists()]
         if existing:
             raise OutputLocationError(
                 f"--output {output_dir} already holds {len(existing)} of this run's result files (first: "
@@ -319,11 +321,18 @@ def predict_files(segmenter: Segmenter, jobs: list[Job], output_dir: str | Path,
             elif isinstance(xray, ImageReadError):
                 results.append((job, {"status": f"error: {xray}"}))
             else:
-                low_res = segmenter.model_probabilities(xray.pixels)
+                try:
+                    low_res = segmenter.model_probabilities(xray.pixels)
+                except Exception as err:  # one file's unexpected problem never ends the batch
+                    results.append((job, {"status": f"error: {job.shown}: {type(err).__name__}: {err}"}))
+                    continue
                 future = pool.submit(_write_results, segmenter, job, xray, low_res, options, output_dir)
                 future.add_done_callback(note_failure)
                 results.append((job, future))
         rows = [{"file": job.shown, **_settle(job, result)} for job, result in results]
+    for (job, _), row in zip(results, rows):
+        if row["status"].startswith("error: "):  # failed now; inputs the batch never reached keep theirs
+            _remove_replaced(job, row)
     summary.seconds = time.perf_counter() - start
     summary.stopped = write_failures[0] if write_failures else ""
     for row in rows:
@@ -341,6 +350,15 @@ def predict_files(segmenter: Segmenter, jobs: list[Job], output_dir: str | Path,
     except files.OutputError as err:
         summary.stopped = summary.stopped or str(err)
     return summary
+
+
+def _remove_replaced(job: Job, row: dict) -> None:
+    """An input that failed this time keeps no result of an earlier run: a mask on disk is always this run's."""
+    for path in job.replaces:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:
+            row["status"] += f" (its earlier {path.name} could not be removed: {err.strerror or err})"
 
 
 def _settle(job: Job, result: dict | Future) -> dict:

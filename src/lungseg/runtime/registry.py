@@ -34,7 +34,8 @@ def tracking_uri() -> str:
 
 def _mlflow_client():
     uri = tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    local_store = uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_REGISTRY_URI")
+    if local_store and not Path(uri[len("sqlite:///"):]).is_file():
         # MLflow would create an empty store here and then find no model in it
         raise ModelError(f"no MLflow store to fetch the model from: {uri[len('sqlite:///'):]} does not exist; run "
                          f"in the repository that trained it, or set MLFLOW_TRACKING_URI")
