@@ -214,3 +214,23 @@ def test_an_input_that_fails_on_overwrite_keeps_no_mask_of_the_earlier_run(folde
     assert predict(folder, "--model", tiny_onnx, "--output", out, "--overwrite") == 1
     assert not (out / "b.png").exists() and not (out / "b_labels.png").exists()
     assert (out / "a.png").is_file() and (out / "c.png").is_file()
+
+
+def test_a_model_failure_on_one_file_is_its_row_and_the_batch_goes_on(folder, tiny_onnx, tmp_path, monkeypatch):
+    from lungseg.runtime.predict import Segmenter
+
+    real_model_probabilities = Segmenter.model_probabilities
+
+    def fails_on_a_quarter_size_image(self, pixels):
+        if pixels.shape[0] == 128:
+            raise RuntimeError("the session ran out of memory")
+        return real_model_probabilities(self, pixels)
+
+    Image.fromarray(np.asarray(Image.open(folder / "a.png"))[::4, ::4]).save(folder / "small.png")
+    monkeypatch.setattr(Segmenter, "model_probabilities", fails_on_a_quarter_size_image)
+    out = tmp_path / "out"
+    assert predict(folder, "--model", tiny_onnx, "--output", out) == 1
+    with open(out / "report.csv", newline="") as handle:
+        report = {row["file"]: row["status"] for row in csv.DictReader(handle)}
+    assert report["small.png"] == "error: small.png: RuntimeError: the session ran out of memory"
+    assert sum(status in ("ok", "review") for status in report.values()) == 3
