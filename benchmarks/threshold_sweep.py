@@ -1,0 +1,49 @@
+"""Dice by mask threshold for a trained checkpoint: where `evaluate.threshold` sits against the best one. The
+model runs once per split; each threshold is then applied to the same full-size probabilities, with the
+post-processing the pipeline uses. Choose on the validation split; the test split only confirms.
+
+    .venv/bin/python benchmarks/threshold_sweep.py --checkpoint models/checkpoint.pt --splits val test
+"""
+import argparse
+
+import numpy as np
+
+from lungseg import checkpoint
+from lungseg.data import read_mask
+from lungseg.evaluation import checkpoint_inference
+from lungseg.metrics import iou_dice, summarize
+from lungseg.runtime import imaging
+from lungseg.runtime.decode import read_grayscale
+from lungseg.tables import read_manifest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="models/checkpoint.pt")
+    parser.add_argument("--manifest", default="data/prepared/manifest.csv")
+    parser.add_argument("--splits", nargs="+", default=["val", "test"])
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7])
+    args = parser.parse_args()
+    inference = checkpoint_inference(checkpoint.load(args.checkpoint), threshold=0.5, postprocess=True, batch_size=16)
+    manifest = read_manifest(args.manifest)
+    print("split threshold dice worst5pct")
+    for split in args.splits:
+        rows = manifest[manifest["split"] == split]
+        probabilities = imaging.predict_probabilities([read_grayscale(path) for path in rows["image_path"]],
+                                                      inference.run_model, inference.image_size, inference.intensity,
+                                                      inference.batch_size)
+        counts = np.zeros((len(args.thresholds), len(rows), 3))
+        for image, (low_res, mask_path) in enumerate(zip(probabilities, rows["mask_path"])):
+            truth = read_mask(mask_path)
+            full = imaging.upsample(low_res, *truth.shape)
+            for index, threshold in enumerate(args.thresholds):
+                mask = imaging.to_mask(full, threshold, inference.postprocess)
+                counts[index, image] = [np.count_nonzero(mask & truth), np.count_nonzero(truth), np.count_nonzero(mask)]
+        for index, threshold in enumerate(args.thresholds):
+            dice = iou_dice(counts[index].sum(0))[1]
+            worst = summarize(iou_dice(counts[index])[1])["worst5pct"]
+            print(f"{split} {threshold:.2f} {dice:.4f} {worst:.4f}")
+
+
+if __name__ == "__main__":
+    main()
