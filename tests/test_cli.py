@@ -13,7 +13,8 @@ def test_version(capsys):
 
 def test_help_documents_the_exit_codes():
     text = " ".join(build_parser().format_help().split())
-    assert "0 ok, 1 some inputs failed, 2 usage error, 3 unusable model or output location" in text
+    assert ("0 ok, 1 some inputs failed, 2 usage error, 3 unusable model, output location or missing extra, or a "
+            "failed write stopped the batch") in text
     assert (EXIT_OK, EXIT_INPUTS_FAILED, EXIT_USAGE, EXIT_UNUSABLE) == (0, 1, 2, 3)
 
 
