@@ -167,24 +167,29 @@ def test_a_missing_input_is_a_row_of_the_report(folder, tiny_onnx, tmp_path, cap
     assert "1 masks written, 1 failed" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("failing", ["model run", "results"])
 def test_an_unexpected_failure_of_one_file_is_its_row_and_the_batch_goes_on(folder, tiny_onnx, tmp_path, monkeypatch,
-                                                                              capsys):
+                                                                              capsys, failing):
+    """In the model run (the main loop) or in making the results (a worker thread)."""
     from lungseg.runtime import predict as predict_module
 
-    real_overlay = predict_module.outline_overlay
+    owner, name = ((predict_module.Segmenter, "model_probabilities") if failing == "model run"
+                   else (predict_module, "outline_overlay"))
+    real = getattr(owner, name)
 
-    def fails_on_a_quarter_size_image(pixels, labels):
+    def fails_on_a_quarter_size_image(*args):
+        pixels = next(arg for arg in args if isinstance(arg, np.ndarray))
         if pixels.shape[0] == 128:
-            raise AttributeError("an odd header")
-        return real_overlay(pixels, labels)
+            raise RuntimeError("out of memory")
+        return real(*args)
 
     Image.fromarray(np.asarray(Image.open(folder / "a.png"))[::4, ::4]).save(folder / "small.png")
-    monkeypatch.setattr(predict_module, "outline_overlay", fails_on_a_quarter_size_image)
+    monkeypatch.setattr(owner, name, fails_on_a_quarter_size_image)
     out = tmp_path / "out"
     assert predict(folder, "--model", tiny_onnx, "--output", out, "--overlay") == 1
     with open(out / "report.csv", newline="") as handle:
         report = {row["file"]: row["status"] for row in csv.DictReader(handle)}
-    assert report["small.png"] == "error: small.png: AttributeError: an odd header"
+    assert report["small.png"] == "error: small.png: RuntimeError: out of memory"
     assert [report[name] in ("ok", "review") for name in ("a.png", "b.png", "c.png")] == [True] * 3
     assert not (out / "small.png").exists()  # no mask without all of its outputs
     assert "Traceback" not in capsys.readouterr().err
@@ -215,22 +220,3 @@ def test_an_input_that_fails_on_overwrite_keeps_no_mask_of_the_earlier_run(folde
     assert not (out / "b.png").exists() and not (out / "b_labels.png").exists()
     assert (out / "a.png").is_file() and (out / "c.png").is_file()
 
-
-def test_a_model_failure_on_one_file_is_its_row_and_the_batch_goes_on(folder, tiny_onnx, tmp_path, monkeypatch):
-    from lungseg.runtime.predict import Segmenter
-
-    real_model_probabilities = Segmenter.model_probabilities
-
-    def fails_on_a_quarter_size_image(self, pixels):
-        if pixels.shape[0] == 128:
-            raise RuntimeError("the session ran out of memory")
-        return real_model_probabilities(self, pixels)
-
-    Image.fromarray(np.asarray(Image.open(folder / "a.png"))[::4, ::4]).save(folder / "small.png")
-    monkeypatch.setattr(Segmenter, "model_probabilities", fails_on_a_quarter_size_image)
-    out = tmp_path / "out"
-    assert predict(folder, "--model", tiny_onnx, "--output", out) == 1
-    with open(out / "report.csv", newline="") as handle:
-        report = {row["file"]: row["status"] for row in csv.DictReader(handle)}
-    assert report["small.png"] == "error: small.png: RuntimeError: the session ran out of memory"
-    assert sum(status in ("ok", "review") for status in report.values()) == 3
