@@ -10,7 +10,7 @@ import numpy as np
 
 from lungseg import checkpoint
 from lungseg.data import read_mask
-from lungseg.evaluation import checkpoint_inference
+from lungseg.evaluation import checkpoint_inference, score_masks
 from lungseg.metrics import iou_dice, summarize
 from lungseg.runtime import imaging
 from lungseg.runtime.decode import read_grayscale
@@ -37,8 +37,8 @@ def main() -> None:
             truth = read_mask(mask_path)
             full = imaging.upsample(low_res, *truth.shape)
             for index, threshold in enumerate(args.thresholds):
-                mask = imaging.to_mask(full, threshold, inference.postprocess)
-                counts[index, image] = [np.count_nonzero(mask & truth), np.count_nonzero(truth), np.count_nonzero(mask)]
+                scores = score_masks(imaging.to_mask(full, threshold, inference.postprocess), truth)
+                counts[index, image] = [scores["intersection"], scores["truth_pixels"], scores["predicted_pixels"]]
         for index, threshold in enumerate(args.thresholds):
             dice = iou_dice(counts[index].sum(0))[1]
             worst = summarize(iou_dice(counts[index])[1])["worst5pct"]

@@ -1,6 +1,7 @@
 """Studies as PACS exports them: nested folders, DICOM found by content, compressed syntaxes, objects that are
 not images; results mirror the folders, link back to the study, separate the lungs and go back as DICOM SEG."""
 import csv
+import subprocess
 
 import highdicom as hd
 import numpy as np
@@ -10,6 +11,7 @@ from PIL import Image
 from pydicom import uid
 
 from lungseg.cli import main
+from conftest import BIN
 from dicom_files import dicomdir, encode, make_dicom, structured_report
 
 
@@ -115,5 +117,14 @@ def test_a_header_that_cannot_make_a_seg_is_one_row_and_the_batch_goes_on(export
     assert report["no_study_uid"]["status"].startswith("error: no_study_uid: cannot make a DICOM SEG from its header")
     assert report["1.2.840.1"]["status"] in ("ok", "review") and (out / "1.2.840.1.seg.dcm").is_file()
     assert not (out / "no_study_uid.png").exists()
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and "copy Patient-related attributes" not in err  # highdicom's INFO stays quiet
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_seg_output_keeps_highdicom_logs_off_the_terminal(export, tiny_onnx, tmp_path):
+    # A process of its own: under pytest, logging is already configured and the command's set-up is not seen.
+    result = subprocess.run([str(BIN / "lungseg"), "predict", str(export / "study" / "series1"), "--model",
+                             str(tiny_onnx), "--output", str(tmp_path / "out"), "--quiet", "--seg"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "1.2.840.1.seg.dcm").is_file()
+    assert "copy Patient-related attributes" not in result.stderr  # highdicom's INFO lines, one batch of them per file

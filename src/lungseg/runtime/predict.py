@@ -324,7 +324,7 @@ def predict_files(segmenter: Segmenter, jobs: list[Job], output_dir: str | Path,
                 try:
                     low_res = segmenter.model_probabilities(xray.pixels)
                 except Exception as err:  # one file's unexpected problem never ends the batch
-                    results.append((job, {"status": f"error: {job.shown}: {type(err).__name__}: {err}"}))
+                    results.append((job, _unexpected(job, err)))
                     continue
                 future = pool.submit(_write_results, segmenter, job, xray, low_res, options, output_dir)
                 future.add_done_callback(note_failure)
@@ -369,4 +369,9 @@ def _settle(job: Job, result: dict | Future) -> dict:
     except (files.OutputError, ResultError) as err:  # names the file
         return {"status": f"error: {err}"}
     except Exception as err:  # one file's unexpected problem (an odd DICOM header, ...) never ends the batch
-        return {"status": f"error: {job.shown}: {type(err).__name__}: {err}"}
+        return _unexpected(job, err)
+
+
+def _unexpected(job: Job, err: Exception) -> dict:
+    """The row of an input that failed in a way no check foresaw: its name, the exception type and message."""
+    return {"status": f"error: {job.shown}: {type(err).__name__}: {err}"}
