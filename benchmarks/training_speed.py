@@ -9,6 +9,7 @@ Peaks, per core and cycle: 32 float32 FLOP with AVX2 (2 FMA units x 8 lanes x 2)
 is /proc/cpuinfo's. FLOPs per image: 3 x the forward's (torch FlopCounterMode), the usual training estimate.
 """
 import argparse
+import itertools
 import re
 import time
 from pathlib import Path
@@ -56,14 +57,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 160, 224])
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--profile", action="store_true", help="operator breakdown at the first size")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", help="images per step (default: train.batch_size)")
+    parser.add_argument("--profile", action="store_true", help="operator breakdown at the first size and batch")
     args = parser.parse_args()
     params = load_params(REPO / "params.yaml")
-    config, batch = params.train, params.train.batch_size
+    config = params.train
+    batches = args.batch_sizes or [config.batch_size]
     precision = engine.training_precision(CPU, config.mixed_precision)
     threads = torch.get_num_threads()
     peak, unit = cpu_peak_gflops(threads)
-    print(f"{params.model.encoder} U-Net, decoder {list(params.model.decoder_channels)}, batch {batch}, {precision}, "
+    print(f"{params.model.encoder} U-Net, decoder {list(params.model.decoder_channels)}, {precision}, "
           f"{threads} threads; peak {peak:.0f} GFLOP/s ({unit})")
     reference = matmul_gflops()
     print(f"2048^3 float32 matrix product: {reference:.0f} GFLOP/s = {100 * reference / peak:.0f}% of peak")
@@ -71,7 +74,7 @@ def main() -> None:
         with FlopCounterMode(display=False) as counter:
             build_model(params.model, 1)(torch.rand(1, 1, size, size))
         flops_per_image = 3 * counter.get_total_flops()
-        for channels_last in (True, False):
+        for batch, channels_last in itertools.product(batches, (True, False)):
             torch.manual_seed(params.seed)
             model = build_model(params.model, in_channels=1)
             images = torch.rand(batch, 1, size, size)
@@ -82,11 +85,12 @@ def main() -> None:
             optimizer = engine.build_optimizer(model, config)
             seconds = seconds_per_step(model, optimizer, build_loss(config), images, masks, precision, args.steps)
             gflops = flops_per_image * batch / seconds / 1e9
-            print(f"{size} px, {'channels_last' if channels_last else 'contiguous   '}: {seconds:.3f} s/step, "
-                  f"{batch / seconds:5.1f} images/s, {flops_per_image / 1e9:.2f} GFLOP/image, {gflops:.0f} GFLOP/s "
+            memory_format = "channels_last" if channels_last else "contiguous   "
+            print(f"{size} px, batch {batch}, {memory_format}: {seconds:.3f} s/step, {batch / seconds:5.1f} images/s, "
+                  f"{flops_per_image / 1e9:.2f} GFLOP/image, {gflops:.0f} GFLOP/s "
                   f"= {100 * gflops / peak:.0f}% of peak")
     if args.profile:
-        size = args.sizes[0]
+        size, batch = args.sizes[0], batches[0]
         model = build_model(params.model, in_channels=1).to(memory_format=torch.channels_last)
         images = torch.rand(batch, 1, size, size).contiguous(memory_format=torch.channels_last)
         masks = (torch.rand(batch, 1, size, size) > 0.5).float()

@@ -31,7 +31,8 @@ def main() -> None:
     figures.robustness_bars(robustness.plot_table(metrics), metrics["robustness/clean/dice"], str(args.figure))
     figures.examples_strip(robustness.example_images(test, params.seed), str(args.examples))
     tracking.add_to_run(tracking.resolve_tracking_uri(os.environ, Path.cwd()),
-                        model.card["code_version"]["mlflow_run_id"], metrics, [args.metrics, args.figure])
+                        model.card["code_version"]["mlflow_run_id"], metrics, [args.metrics, args.figure], os.environ,
+                        Path.cwd())
 
 
 if __name__ == "__main__":

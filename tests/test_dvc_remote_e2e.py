@@ -2,8 +2,11 @@
 
 import numpy as np
 import pytest
+import torch
+from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from lungseg.tracking import TRAINED_IN_RUN_TAG
 from conftest import BIN, SOURCES, make_tiny_repo, pipeline_environment, run
 
 pytestmark = pytest.mark.e2e
@@ -50,3 +53,19 @@ def test_the_pulled_model_predicts(pushed_and_pulled, tmp_path):
     for image in images:
         mask = np.asarray(Image.open(tmp_path / f"{image.stem}.png"))
         assert mask.shape == (512, 512) and set(np.unique(mask)) <= {0, 255}
+
+
+def test_the_pulled_model_is_re_evaluated_and_logged_without_its_training_run(pushed_and_pulled):
+    # The model's training run is in the teammate's MLflow store, not in this clone's: evaluate, export and
+    # robustness log to one run of their own that names it, instead of failing on the missing run.
+    _, clone, env, _, _ = pushed_and_pulled
+    training_run_id = torch.load(clone / "models/checkpoint.pt", weights_only=True)["mlflow_run_id"]
+    run(["git", "config", "user.email", "ci@lungseg.test"], clone)  # experiments are commits
+    run(["git", "config", "user.name", "lungseg tests"], clone)
+    result = run([str(BIN / "dvc"), "exp", "run", "-n", "stricter", "-S", "evaluate.threshold=0.6"], clone, env)
+    assert "Running stage 'train'" not in result.stdout and "Running stage 'evaluate'" in result.stdout
+    client = MlflowClient(f"sqlite:///{clone}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("lungseg").experiment_id])
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    assert runs[0].data.tags[TRAINED_IN_RUN_TAG] == training_run_id
+    assert {"test/dice", "export/max_logit_diff", "robustness/clean/dice"} <= set(runs[0].data.metrics)

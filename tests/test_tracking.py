@@ -1,9 +1,11 @@
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from conftest import free_port
-from lungseg.tracking import TrackingUnavailableError, check_reachable, resolve_tracking_uri, run_tags
+from lungseg.tracking import (TRAINED_IN_RUN_TAG, TrackingUnavailableError, check_reachable, model_run_id,
+                              resolve_tracking_uri, run_tags, training_run)
 
 
 def test_default_store_is_sqlite_in_the_repository(tmp_path):
@@ -62,3 +64,28 @@ def test_a_server_that_is_not_mlflow_is_refused_quickly(status, body):
     finally:
         server.shutdown()
     assert time.monotonic() - started < 30
+
+
+def test_later_stages_log_to_the_training_run_when_the_store_has_it(tmp_path):
+    uri = resolve_tracking_uri({}, tmp_path)
+    with training_run(uri, {}, tmp_path, None, {"seed": 1}, _params_file(tmp_path), {}) as training_run_id:
+        pass
+    assert model_run_id(uri, training_run_id, {}, tmp_path) == training_run_id
+
+
+def test_a_model_trained_against_another_store_gets_one_run_of_its_own(tmp_path, caplog):
+    uri = resolve_tracking_uri({}, tmp_path)
+    elsewhere = "0123456789abcdef0123456789abcdef"  # the training run in a teammate's store
+    first = model_run_id(uri, elsewhere, {"DVC_EXP_NAME": "stricter"}, tmp_path)
+    assert elsewhere in caplog.text and first in caplog.text
+    assert model_run_id(uri, elsewhere, {}, tmp_path) == first  # evaluate, export and robustness share it
+    stand_in = MlflowClient(uri).get_run(first)
+    assert stand_in.data.tags[TRAINED_IN_RUN_TAG] == elsewhere
+    assert stand_in.info.run_name == "stricter-trained-elsewhere"
+    assert model_run_id(uri, "fedcba9876543210fedcba9876543210", {}, tmp_path) != first  # another model, another run
+
+
+def _params_file(root):
+    path = root / "params.yaml"
+    path.write_text("seed: 1\n")
+    return path

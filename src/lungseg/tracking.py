@@ -7,12 +7,14 @@ for `dvc exp run --queue` / `--temp` runs made in a throw-away copy, so those ru
 One run per training: named after the DVC experiment (or `repro-<commit>` for a plain `dvc repro`), with the
 params, the prepared split as a dataset input, per-epoch curves, then the test metrics, robustness scores and
 the ONNX model (card inside) added by the later stages, which also register it as a version of the model
-`lungseg`.
+`lungseg`. A model whose training run is not in this store (trained in another clone, pulled from a DVC remote)
+gets a run of its own for the later stages, tagged lungseg.trained_in_run with the training run's id.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import socket
 import subprocess
@@ -24,6 +26,7 @@ from urllib.parse import urlparse
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from lungseg.errors import UserError
@@ -33,6 +36,10 @@ DEFAULT_EXPERIMENT = "lungseg"
 # Marks the experiment as model training rather than GenAI, where MLflow's UI reads it (see run_ui).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 MAX_DIGEST = 36  # MLflow's limit on a dataset digest
+# On the run that holds a later stage's results when the model's training run is not in this store.
+TRAINED_IN_RUN_TAG = "lungseg.trained_in_run"
+
+log = logging.getLogger(__name__)
 
 
 class TrackingUnavailableError(UserError, RuntimeError):
@@ -227,24 +234,53 @@ def run_ui(host: str, port: int) -> int:
                               "--port", str(port)])
 
 
-def add_to_run(tracking_uri: str, run_id: str, metrics: dict[str, float], artifacts: list[str | Path]) -> None:
-    """Add a later stage's metrics and files to the training run that made the model."""
-    with open_run(tracking_uri, run_id=run_id):
+def model_run_id(tracking_uri: str, training_run_id: str | None, environ: Mapping[str, str], cwd: Path) -> str:
+    """The run a later stage adds to: the training run that made the model when this store holds it. A model
+    trained against another store (pulled from a DVC remote, copied from another clone) gets a run of its own,
+    tagged with the training run's id and shared by evaluate, export and robustness, so the stage still logs."""
+    client = MlflowClient(tracking_uri)
+    if training_run_id is not None:
+        try:
+            return client.get_run(training_run_id).info.run_id
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+    experiment_id = ensure_experiment(tracking_uri, experiment_name(environ),
+                                      workspace_root(environ, cwd) / "mlartifacts")
+    trained_in = training_run_id or "unknown"
+    if training_run_id is not None:
+        earlier = client.search_runs([experiment_id], f"tags.`{TRAINED_IN_RUN_TAG}` = '{training_run_id}'",
+                                     max_results=1)
+        if earlier:
+            return earlier[0].info.run_id
+    run = client.create_run(experiment_id, run_name=f"{run_name(environ, cwd)}-trained-elsewhere",
+                            tags={**run_tags(environ, cwd), TRAINED_IN_RUN_TAG: trained_in})
+    client.set_terminated(run.info.run_id)
+    log.warning("The model's training run %s is not in the MLflow store %s (a model trained in another clone or "
+                "pulled from a DVC remote); this stage logs to run %s, tagged %s=%s.", trained_in, tracking_uri,
+                run.info.run_id, TRAINED_IN_RUN_TAG, trained_in)
+    return run.info.run_id
+
+
+def add_to_run(tracking_uri: str, training_run_id: str | None, metrics: dict[str, float],
+               artifacts: list[str | Path], environ: Mapping[str, str], cwd: Path) -> None:
+    """Add a later stage's metrics and files to the training run that made the model (see model_run_id)."""
+    with open_run(tracking_uri, run_id=model_run_id(tracking_uri, training_run_id, environ, cwd)):
         log_metrics(metrics)
         log_artifacts(artifacts)
 
 
-def add_exported_model(tracking_uri: str, run_id: str, parity: dict[str, float], onnx_path: str | Path, card: dict,
-                       environ: Mapping[str, str]) -> str:
-    """Log the exported model to the training run and register it; the new version is tagged with the git
-    commit, the DVC experiment and the test metrics. Returns the version."""
+def add_exported_model(tracking_uri: str, training_run_id: str | None, parity: dict[str, float],
+                       onnx_path: str | Path, card: dict, environ: Mapping[str, str], cwd: Path) -> str:
+    """Log the exported model to the training run (see model_run_id) and register it; the new version is tagged
+    with the git commit, the DVC experiment and the test metrics. Returns the version."""
     import numpy as np
 
     from lungseg.runtime.model_file import load_model
 
     model = load_model(onnx_path, device="cpu")
     example = np.zeros((1, *card["input"]["shape"][1:]), dtype=np.float32)
-    with open_run(tracking_uri, run_id=run_id):
+    with open_run(tracking_uri, run_id=model_run_id(tracking_uri, training_run_id, environ, cwd)):
         log_metrics(parity)
         mlflow.log_dict(card, "model.card.json")
         tags = {"git_commit": card["code_version"]["git_commit"], "dvc_exp_name": environ.get("DVC_EXP_NAME", ""),

@@ -108,7 +108,8 @@ def _decode_raster(source: Path | io.BytesIO, name: str) -> Xray:
     except Image.DecompressionBombError:
         raise ImageReadError(f"{name}: refused, too many pixels (over the limit of {MAX_PIXELS:,})") from None
     except (OSError, SyntaxError, ValueError, MemoryError, EOFError) as err:
-        if "truncated" in str(err).lower():  # PIL's own wording counts bytes of its buffer, not of the file: leave it out
+        # PIL's own wording counts bytes of its buffer, not of the file: leave it out
+        if "truncated" in str(err).lower():
             raise ImageReadError(f"{name}: truncated image file (the data ends before the image does)") from None
         raise ImageReadError(f"{name}: unreadable or truncated image ({err})") from None
     if pixels.ndim != 2 or min(pixels.shape) < 1:

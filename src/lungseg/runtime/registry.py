@@ -34,11 +34,12 @@ def tracking_uri() -> str:
 
 def _mlflow_client():
     uri = tracking_uri()
-    local_store = uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_REGISTRY_URI")
-    if local_store and not Path(uri[len("sqlite:///"):]).is_file():
+    store_file = uri.removeprefix("sqlite:///")
+    local_store = store_file != uri and not os.environ.get("MLFLOW_REGISTRY_URI")
+    if local_store and not Path(store_file).is_file():
         # MLflow would create an empty store here and then find no model in it
-        raise ModelError(f"no MLflow store to fetch the model from: {uri[len('sqlite:///'):]} does not exist; run "
-                         f"in the repository that trained it, or set MLFLOW_TRACKING_URI")
+        raise ModelError(f"no MLflow store to fetch the model from: {store_file} does not exist; run in the "
+                         f"repository that trained it, or set MLFLOW_TRACKING_URI")
     try:
         from mlflow.tracking import MlflowClient
     except ImportError:
