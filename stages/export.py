@@ -34,8 +34,7 @@ def main() -> None:
     result = export.parity(args.onnx, inference, [read_grayscale(path) for path in parity_rows["image_path"]])
     files.write_json(args.metrics, result)
     export.check_parity(result, params.export.max_logit_diff, params.export.min_mask_agreement)
-    tracking.add_exported_model(tracking.resolve_tracking_uri(os.environ, Path.cwd()), trained.mlflow_run_id, result,
-                                args.onnx, card, os.environ, Path.cwd())
+    tracking.add_exported_model(trained.mlflow_run_id, result, args.onnx, card, os.environ, Path.cwd())
 
 
 if __name__ == "__main__":

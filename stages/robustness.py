@@ -30,8 +30,7 @@ def main() -> None:
     tables.write_csv(args.plot, robustness.plot_table(metrics))
     figures.robustness_bars(robustness.plot_table(metrics), metrics["robustness/clean/dice"], str(args.figure))
     figures.examples_strip(robustness.example_images(test, params.seed), str(args.examples))
-    tracking.add_to_run(tracking.resolve_tracking_uri(os.environ, Path.cwd()),
-                        model.card["code_version"]["mlflow_run_id"], metrics, [args.metrics, args.figure], os.environ,
+    tracking.add_to_run(model.card["code_version"]["mlflow_run_id"], metrics, [args.metrics, args.figure], os.environ,
                         Path.cwd())
 
 

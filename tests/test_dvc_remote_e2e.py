@@ -58,6 +58,7 @@ def test_the_pulled_model_predicts(pushed_and_pulled, tmp_path):
 def test_the_pulled_model_is_re_evaluated_and_logged_without_its_training_run(pushed_and_pulled):
     # The model's training run is in the teammate's MLflow store, not in this clone's: evaluate, export and
     # robustness log to one run of their own that names it, instead of failing on the missing run.
+    # Last in this file: the experiment changes the shared clone's workspace.
     _, clone, env, _, _ = pushed_and_pulled
     training_run_id = torch.load(clone / "models/checkpoint.pt", weights_only=True)["mlflow_run_id"]
     run(["git", "config", "user.email", "ci@lungseg.test"], clone)  # experiments are commits

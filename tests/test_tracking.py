@@ -4,8 +4,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import free_port
-from lungseg.tracking import (TRAINED_IN_RUN_TAG, TrackingUnavailableError, check_reachable, model_run_id,
-                              resolve_tracking_uri, run_tags, training_run)
+from lungseg.tracking import (TRAINED_IN_RUN_TAG, TrackingUnavailableError, add_to_run, check_reachable,
+                              model_run_id, resolve_tracking_uri, run_tags, training_run)
 
 
 def test_default_store_is_sqlite_in_the_repository(tmp_path):
@@ -78,11 +78,31 @@ def test_a_model_trained_against_another_store_gets_one_run_of_its_own(tmp_path,
     elsewhere = "0123456789abcdef0123456789abcdef"  # the training run in a teammate's store
     first = model_run_id(uri, elsewhere, {"DVC_EXP_NAME": "stricter"}, tmp_path)
     assert elsewhere in caplog.text and first in caplog.text
-    assert model_run_id(uri, elsewhere, {}, tmp_path) == first  # evaluate, export and robustness share it
+    assert model_run_id(uri, elsewhere, {"DVC_EXP_NAME": "laxer"}, tmp_path) == first  # every stage, experiment
     stand_in = MlflowClient(uri).get_run(first)
     assert stand_in.data.tags[TRAINED_IN_RUN_TAG] == elsewhere
-    assert stand_in.info.run_name == "stricter-trained-elsewhere"
+    assert stand_in.info.run_name == "trained-elsewhere-01234567"
     assert model_run_id(uri, "fedcba9876543210fedcba9876543210", {}, tmp_path) != first  # another model, another run
+
+
+def test_a_deleted_training_run_is_not_reopened(tmp_path):
+    uri = resolve_tracking_uri({}, tmp_path)
+    with training_run(uri, {}, tmp_path, None, {"seed": 1}, _params_file(tmp_path), {}) as training_run_id:
+        pass
+    MlflowClient(uri).delete_run(training_run_id)
+    add_to_run(training_run_id, {"test/dice": 0.9}, [], {}, tmp_path)  # MLflow would refuse to reopen it
+    stand_in = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("lungseg").experiment_id])
+    assert [run.data.tags[TRAINED_IN_RUN_TAG] for run in stand_in] == [training_run_id]
+    assert stand_in[0].data.metrics["test/dice"] == 0.9
+
+
+def test_a_checkpoint_without_a_training_run_still_logs(tmp_path):
+    uri = resolve_tracking_uri({}, tmp_path)
+    add_to_run(None, {"test/dice": 0.9}, [], {}, tmp_path)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("lungseg").experiment_id])
+    assert run.data.tags[TRAINED_IN_RUN_TAG] == "unknown" and run.data.metrics["test/dice"] == 0.9
 
 
 def _params_file(root):

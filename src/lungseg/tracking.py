@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -38,6 +39,7 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 MAX_DIGEST = 36  # MLflow's limit on a dataset digest
 # On the run that holds a later stage's results when the model's training run is not in this store.
 TRAINED_IN_RUN_TAG = "lungseg.trained_in_run"
+RUN_ID = re.compile(r"[0-9A-Za-z_-]+")  # a run id as MLflow's stores write them; nothing else goes into a filter
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,10 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_root: Path) -> str:
                                     tags=EXPERIMENT_KIND)
 
 
+def _experiment_id(tracking_uri: str, environ: Mapping[str, str], cwd: Path) -> str:
+    return ensure_experiment(tracking_uri, experiment_name(environ), workspace_root(environ, cwd) / "mlartifacts")
+
+
 @contextlib.contextmanager
 def open_run(
     tracking_uri: str, experiment_id: str | None = None, run_name: str | None = None,
@@ -188,10 +194,8 @@ def training_run(tracking_uri: str, environ: Mapping[str, str], cwd: Path, resum
                  flat_params: dict[str, object], params_path: str | Path, tags: dict[str, object]) -> Iterator[str]:
     """The training's MLflow run (new, or the interrupted one when resuming), yielding its id. A new run gets
     the params, params.yaml and `tags`."""
-    experiment_id = ensure_experiment(tracking_uri, experiment_name(environ),
-                                      workspace_root(environ, cwd) / "mlartifacts")
-    with open_run(tracking_uri, experiment_id, run_name=run_name(environ, cwd), tags=run_tags(environ, cwd),
-                  run_id=resume_run_id) as run:
+    with open_run(tracking_uri, _experiment_id(tracking_uri, environ, cwd), run_name=run_name(environ, cwd),
+                  tags=run_tags(environ, cwd), run_id=resume_run_id) as run:
         if resume_run_id is None:
             log_params(flat_params)
             mlflow.log_artifact(str(params_path))
@@ -237,41 +241,47 @@ def run_ui(host: str, port: int) -> int:
 def model_run_id(tracking_uri: str, training_run_id: str | None, environ: Mapping[str, str], cwd: Path) -> str:
     """The run a later stage adds to: the training run that made the model when this store holds it. A model
     trained against another store (pulled from a DVC remote, copied from another clone) gets a run of its own,
-    tagged with the training run's id and shared by evaluate, export and robustness, so the stage still logs."""
+    named and tagged after the training run's id and shared by evaluate, export and robustness, so the stages
+    still log. A checkpoint without a training run id (not written by the train stage) gets a new run each time."""
     client = MlflowClient(tracking_uri)
     if training_run_id is not None:
         try:
-            return client.get_run(training_run_id).info.run_id
+            training = client.get_run(training_run_id)
+            if training.info.lifecycle_stage != "deleted":  # MLflow refuses to reopen a deleted run
+                return training.info.run_id
         except MlflowException as err:
             if err.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
-    experiment_id = ensure_experiment(tracking_uri, experiment_name(environ),
-                                      workspace_root(environ, cwd) / "mlartifacts")
+    experiment_id = _experiment_id(tracking_uri, environ, cwd)
     trained_in = training_run_id or "unknown"
-    if training_run_id is not None:
+    if training_run_id is not None and RUN_ID.fullmatch(training_run_id):
+        # oldest first: should two stages have raced to create one, every later stage settles on the same run
         earlier = client.search_runs([experiment_id], f"tags.`{TRAINED_IN_RUN_TAG}` = '{training_run_id}'",
-                                     max_results=1)
+                                     max_results=1, order_by=["attributes.start_time ASC"])
         if earlier:
+            log.info("MLflow: logging to run %s, which stands in for the model's training run %s (not in %s)",
+                     earlier[0].info.run_id, trained_in, tracking_uri)
             return earlier[0].info.run_id
-    run = client.create_run(experiment_id, run_name=f"{run_name(environ, cwd)}-trained-elsewhere",
-                            tags={**run_tags(environ, cwd), TRAINED_IN_RUN_TAG: trained_in})
+    run = client.create_run(experiment_id, run_name=f"trained-elsewhere-{trained_in[:8]}",
+                            tags={TRAINED_IN_RUN_TAG: trained_in})
     client.set_terminated(run.info.run_id)
     log.warning("The model's training run %s is not in the MLflow store %s (a model trained in another clone or "
-                "pulled from a DVC remote); this stage logs to run %s, tagged %s=%s.", trained_in, tracking_uri,
-                run.info.run_id, TRAINED_IN_RUN_TAG, trained_in)
+                "pulled from a DVC remote); the later stages log to run %s, tagged %s=%s.", trained_in,
+                tracking_uri, run.info.run_id, TRAINED_IN_RUN_TAG, trained_in)
     return run.info.run_id
 
 
-def add_to_run(tracking_uri: str, training_run_id: str | None, metrics: dict[str, float],
-               artifacts: list[str | Path], environ: Mapping[str, str], cwd: Path) -> None:
+def add_to_run(training_run_id: str | None, metrics: dict[str, float], artifacts: list[str | Path],
+               environ: Mapping[str, str], cwd: Path) -> None:
     """Add a later stage's metrics and files to the training run that made the model (see model_run_id)."""
+    tracking_uri = resolve_tracking_uri(environ, cwd)
     with open_run(tracking_uri, run_id=model_run_id(tracking_uri, training_run_id, environ, cwd)):
         log_metrics(metrics)
         log_artifacts(artifacts)
 
 
-def add_exported_model(tracking_uri: str, training_run_id: str | None, parity: dict[str, float],
-                       onnx_path: str | Path, card: dict, environ: Mapping[str, str], cwd: Path) -> str:
+def add_exported_model(training_run_id: str | None, parity: dict[str, float], onnx_path: str | Path, card: dict,
+                       environ: Mapping[str, str], cwd: Path) -> str:
     """Log the exported model to the training run (see model_run_id) and register it; the new version is tagged
     with the git commit, the DVC experiment and the test metrics. Returns the version."""
     import numpy as np
@@ -280,6 +290,7 @@ def add_exported_model(tracking_uri: str, training_run_id: str | None, parity: d
 
     model = load_model(onnx_path, device="cpu")
     example = np.zeros((1, *card["input"]["shape"][1:]), dtype=np.float32)
+    tracking_uri = resolve_tracking_uri(environ, cwd)
     with open_run(tracking_uri, run_id=model_run_id(tracking_uri, training_run_id, environ, cwd)):
         log_metrics(parity)
         mlflow.log_dict(card, "model.card.json")
