@@ -26,3 +26,11 @@ def test_importing_the_command_is_cheap():
             "('torch', 'onnxruntime', 'mlflow', 'pydicom', 'fastapi', 'cv2')))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == ""  # each command imports what it needs when it runs
+
+
+@pytest.mark.parametrize("option, value", [("--port", "99999"), ("--port", "0"), ("--max-bytes", "0"),
+                                           ("--body-timeout", "-1"), ("--port", "http")])
+def test_serve_options_out_of_range_are_usage_errors(option, value, capsys):
+    with pytest.raises(SystemExit) as usage:
+        main(["serve", option, value])
+    assert usage.value.code == EXIT_USAGE and f"{option}: " in capsys.readouterr().err

@@ -62,6 +62,13 @@ def test_the_pixel_limit_is_checked_before_decoding(tmp_path, monkeypatch):
         decode_xray(buffer.getvalue(), "upload")
 
 
+def test_a_colour_pixel_counts_once_against_the_pixel_limit(monkeypatch):
+    buffer = io.BytesIO()
+    Image.new("RGB", (100, 100)).save(buffer, format="PNG")  # 10,000 pixels, 30,000 values
+    monkeypatch.setattr("lungseg.runtime.decode.MAX_PIXELS", 20_000)
+    assert decode_xray(buffer.getvalue(), "upload").pixels.shape == (100, 100)
+
+
 def test_float_and_rgb_images(tmp_path, real_xray):
     image = real_xray[0]
     Image.fromarray(image.astype(np.float32) * 4.0).save(tmp_path / "float.tif")  # 0..1020: stretched

@@ -6,10 +6,11 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from pydicom import uid
 
 from lungseg.cli import main
 from lungseg.runtime.decode import ImageReadError, NotAnImage
-from lungseg.runtime.decode import read_xray
+from lungseg.runtime.decode import decode_xray, read_xray
 from lungseg.runtime.dicom import read_dicom
 from dicom_files import SYNTAXES, dicomdir, encode, make_dicom, structured_report
 
@@ -132,3 +133,28 @@ def test_objects_without_an_image_are_skipped_not_failed(tmp_path, xray):
     index = dicomdir(tmp_path / "media", image)
     with pytest.raises(NotAnImage, match="a DICOMDIR"):
         read_xray(index)
+
+
+def test_a_deflated_dataset_that_would_inflate_beyond_the_limit_is_refused_first(tmp_path, xray, monkeypatch):
+    path = encode(tmp_path / "deflated.dcm", xray, uid.DeflatedExplicitVRLittleEndian)  # inflates to about 72 KB
+    monkeypatch.setattr("lungseg.runtime.dicom.MAX_INFLATED_DICOM_BYTES", 50_000)
+    refused = "refused, its deflated dataset inflates to over the limit of 50,000 bytes"
+    with pytest.raises(ImageReadError, match=f"deflated.dcm: {refused}"):
+        read_xray(path)
+    with pytest.raises(ImageReadError, match=f"upload: {refused}"):
+        decode_xray(path.read_bytes(), "upload")  # what `lungseg serve` reads
+
+
+def test_sequences_nested_too_deep_to_parse_are_this_files_error(tmp_path, xray):
+    path = make_dicom(tmp_path / "deep.dcm", xray.astype(np.uint16), 12)
+    opening = b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    closing = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    path.write_bytes(path.read_bytes() + opening * 20_000 + closing * 20_000)
+    with pytest.raises(ImageReadError, match="deep.dcm: .*RecursionError"):
+        read_xray(path)
+
+
+@pytest.mark.parametrize("spacing", [[1e200, 1e200], [0.0, 0.14], [-0.14, 0.14]])
+def test_an_impossible_pixel_spacing_gives_no_areas_rather_than_absurd_ones(tmp_path, xray, spacing):
+    path = make_dicom(tmp_path / "spacing.dcm", xray.astype(np.uint16), 12, PixelSpacing=spacing)
+    assert "pixel_spacing_mm" not in read_xray(path).dicom

@@ -10,6 +10,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
@@ -17,6 +18,8 @@ from conftest import BIN, free_port, wait_for_http
 from dicom_files import make_dicom
 
 MAX_BYTES = 2_000_000
+BODY_TIMEOUT = 5
+PLACES = 18  # MAX_CONCURRENT_REQUESTS + MAX_QUEUED_REQUESTS
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,7 @@ def service(tiny_onnx):
     port = free_port()
     process = subprocess.Popen(
         [str(BIN / "lungseg"), "serve", "--model", str(tiny_onnx), "--port", str(port), "--threads", "1",
-         "--max-bytes", str(MAX_BYTES)],
+         "--max-bytes", str(MAX_BYTES), "--body-timeout", str(BODY_TIMEOUT)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -137,6 +140,44 @@ def test_seg_of_a_png_is_a_clear_400_and_of_a_dicom_a_dicom(service, real_xray, 
                       AccessionNumber="")
     status, headers, body = post(service, path.read_bytes(), "?format=seg")
     assert status == 200 and headers["content-type"] == "application/dicom" and body[128:132] == b"DICM"
+
+
+def test_a_dicom_whose_header_cannot_make_a_seg_is_still_segmented(service, real_xray, tmp_path):
+    path = make_dicom(tmp_path / "no_uids.dcm", real_xray[0].astype(np.uint16) * 16, 12, window=(2047.5, 4096))
+    ds = pydicom.dcmread(path)
+    del ds.StudyInstanceUID, ds.SeriesInstanceUID
+    ds.save_as(path)
+    status, _, answer = post(service, path.read_bytes(), "?format=review")  # what the review page asks for
+    review = json.loads(answer)
+    assert status == 200 and review["mask"] and review["seg"] is None
+    assert review["seg_error"].startswith("cannot make a DICOM SEG from this file's header")
+    status, _, answer = post(service, path.read_bytes(), "?format=seg")
+    assert status == 422 and "cannot make a DICOM SEG" in json.loads(answer)["detail"]
+
+
+def test_clients_that_stop_sending_get_408_and_free_their_places(service, real_xray):
+    host, port = service.removeprefix("http://").split(":")
+    stalled = []
+    for _ in range(PLACES):
+        client = socket.create_connection((host, int(port)), timeout=30)
+        client.sendall(b"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n\x89P")
+        stalled.append(client)
+    try:
+        deadline = time.monotonic() + BODY_TIMEOUT - 1
+        while json.load(urllib.request.urlopen(f"{service}/health"))["busy"] < PLACES:
+            assert time.monotonic() < deadline, "the stalled uploads were not all admitted"
+            time.sleep(0.05)
+        assert post(service, png_bytes(real_xray[0]))[0] == 503  # every place is held
+        answers = [client.recv(100).split(b"\r\n")[0] for client in stalled]
+        assert answers == [b"HTTP/1.1 408 Request Timeout"] * PLACES
+    finally:
+        for client in stalled:
+            client.close()
+    assert post(service, png_bytes(real_xray[0]))[0] == 200
+
+
+def test_health_answers_a_head_request(service):
+    assert urllib.request.urlopen(urllib.request.Request(f"{service}/health", method="HEAD")).status == 200
 
 
 def test_health_answers_while_large_images_are_being_decoded(service, real_xray):

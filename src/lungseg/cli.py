@@ -14,6 +14,7 @@ import argparse
 import importlib.util
 import logging
 import sys
+from collections.abc import Callable
 
 from lungseg import __version__
 from lungseg.errors import UserError
@@ -73,7 +74,7 @@ def _serve(args: argparse.Namespace) -> int:
     except UserError as err:
         _error(err)
         return EXIT_UNUSABLE
-    serve(segmenter, args.host, args.port, args.max_bytes)
+    serve(segmenter, args.host, args.port, args.max_bytes, args.body_timeout)
     return EXIT_OK
 
 
@@ -117,15 +118,18 @@ def _tracking_server(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _count(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+def _whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """argparse type: an integer from low to high (no upper bound when high is None)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"from {low} to {high}" if high is not None else f"{low} or more"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+    return parse
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -134,7 +138,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                              "models:/lungseg/3, runs:/<run id>/model (needs lungseg[mlflow])")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto: CUDA when onnxruntime-gpu can use it, else CPU; cuda: fail rather than fall back")
-    parser.add_argument("--threads", type=_count, default=0, help="ONNX Runtime threads (0: all cores)")
+    parser.add_argument("--threads", type=_whole_number(0), default=0, help="ONNX Runtime threads (0: all cores)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,8 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the model over HTTP: a review page at /, POST /segment")
     _add_model_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--max-bytes", type=int, default=limits.MAX_REQUEST_BYTES, help="largest request body")
+    serve.add_argument("--port", type=_whole_number(1, 65535), default=8000)
+    serve.add_argument("--max-bytes", type=_whole_number(1), default=limits.MAX_REQUEST_BYTES,
+                       help="largest request body")
+    serve.add_argument("--body-timeout", type=_whole_number(1), default=limits.BODY_TIMEOUT_SECONDS,
+                       help="seconds a request's body may take to arrive (default %(default)s)")
     serve.set_defaults(handler=_serve)
 
     promote = commands.add_parser("promote", help="point a registry alias at a version of the registered model")

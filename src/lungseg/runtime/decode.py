@@ -85,7 +85,7 @@ def _decode_raster(source: Path | io.BytesIO, name: str) -> Xray:
     try:
         with Image.open(source) as image:
             frames = getattr(image, "n_frames", 1)
-            check_pixel_count(image.width * image.height * len(image.getbands()), name)
+            check_pixel_count(image.width * image.height, name)
             if frames > 1:
                 image.seek(0)  # a multi-page TIFF: the first page is the film
             image.load()  # decode now, so a truncated file fails here and not later

@@ -4,14 +4,15 @@ Order of operations (DICOM PS3.3 C.11): Modality LUT (or rescale slope/intercept
 window (centre/width), then MONOCHROME1 is inverted so that bone is bright as in MONOCHROME2. Without a VOI
 transform the image's own min..max is used. RGB secondary captures become luma.
 
-Safety: the header is read first and Rows x Columns x frames x samples is checked against the pixel limit
-before any pixel data is decoded; objects without an image (reports, presentation states, DICOMDIR,
+Safety: the header is read first and Rows x Columns x frames is checked against the pixel limit before any
+pixel data is decoded; a deflated dataset is refused when it would inflate beyond what such a film needs; objects without an image (reports, presentation states, DICOMDIR,
 segmentations) raise NotAnImage and are skipped; anything malformed raises ImageReadError naming the file.
 Compressed transfer syntaxes decode when the `[dicom]` extra's plugins are installed (pylibjpeg and friends).
 """
 from __future__ import annotations
 
 import io
+import zlib
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,6 +23,7 @@ from pydicom.pixels import apply_modality_lut, apply_windowing
 
 from lungseg.runtime import dicom_codecs
 from lungseg.runtime.decode import ImageReadError, NotAnImage, Xray, check_pixel_count
+from lungseg.runtime.limits import MAX_INFLATED_DICOM_BYTES
 
 dicom_codecs.register()
 
@@ -37,6 +39,7 @@ NOT_XRAY_PREFIXES = {
     "1.2.840.10008.5.1.4.1.1.481": "a radiotherapy object",
 }
 MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
+MAX_PIXEL_SPACING_MM = 10.0  # chest detectors have 0.1-0.2 mm pixels
 IDENTITY_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality",
                      "ViewPosition", "ImageLaterality", "FrameOfReferenceUID")
 PATIENT_KEYWORDS = ("PatientID", "PatientName", "AccessionNumber")
@@ -81,7 +84,7 @@ def _check_header(ds: pydicom.Dataset, name: str) -> None:
     if min(rows, columns, frames, samples) < 1:
         raise ImageReadError(f"{name}: DICOM image size {rows}x{columns}, {frames} frame(s), {samples} sample(s) "
                              f"is empty")
-    check_pixel_count(rows * columns * frames * samples, name)
+    check_pixel_count(rows * columns * frames, name)
     if frames != 1:
         raise ImageReadError(f"{name}: DICOM holds {frames} frames; a chest X-ray has one")
     photometric = str(ds.get("PhotometricInterpretation", ""))
@@ -146,7 +149,8 @@ def identity(ds: pydicom.Dataset) -> dict:
     found["PatientOrientation"] = "\\".join(str(v) for v in ds.get("PatientOrientation", []) or [])
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         spacing = ds.get(keyword)
-        if spacing and len(spacing) == 2 and all(float(v) > 0 for v in spacing):
+        # finite and at most 10 mm: anything else is a broken header, and areas are left out rather than absurd
+        if spacing and len(spacing) == 2 and all(0 < float(v) <= MAX_PIXEL_SPACING_MM for v in spacing):
             found["pixel_spacing_mm"] = (float(spacing[0]), float(spacing[1]))
             found["pixel_spacing_source"] = keyword
             break
@@ -181,11 +185,42 @@ def dataset_to_xray(ds: pydicom.Dataset, name: str) -> Xray:
     return Xray(gray, "dicom", bits, identity(ds), header)
 
 
+def _check_inflated_size(handle: BinaryIO, name: str) -> None:
+    """pydicom inflates a deflated dataset whole before reading any of it, so a 1 MB file can take gigabytes:
+    count what it inflates to, a chunk at a time, and refuse it beyond MAX_INFLATED_DICOM_BYTES."""
+    head = handle.read(144)
+    # Part 10 layout: preamble, 'DICM', then (0002,0000) UL with the length of the rest of the file meta
+    if len(head) < 144 or not looks_like_dicom(head) or head[132:138] != b"\x02\x00\x00\x00UL":
+        return
+    meta = handle.read(int.from_bytes(head[140:144], "little"))
+    if pydicom.uid.DeflatedExplicitVRLittleEndian.encode() not in meta:
+        return
+    inflater, inflated = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    try:
+        while chunk := handle.read(1 << 16):
+            while chunk:
+                inflated += len(inflater.decompress(chunk, 1 << 20))
+                if inflated > MAX_INFLATED_DICOM_BYTES:
+                    raise ImageReadError(f"{name}: refused, its deflated dataset inflates to over the limit of "
+                                         f"{MAX_INFLATED_DICOM_BYTES:,} bytes")
+                chunk = inflater.unconsumed_tail
+    except zlib.error:
+        return  # a corrupt stream: pydicom names the problem
+
+
 def _parse(source: str | Path | BinaryIO, name: str, force: bool) -> pydicom.Dataset:
     try:
+        if isinstance(source, (str, Path)):
+            with open(source, "rb") as handle:
+                _check_inflated_size(handle, name)
+        else:
+            _check_inflated_size(source, name)
+            source.seek(0)
         return pydicom.dcmread(source, force=force)
+    except ImageReadError:
+        raise
     except (InvalidDicomError, OSError, ValueError, AttributeError, EOFError, KeyError, TypeError,
-            IndexError, OverflowError, MemoryError) as err:
+            IndexError, OverflowError, MemoryError, RecursionError) as err:
         raise ImageReadError(f"{name}: unreadable DICOM file ({type(err).__name__}: {err})") from None
 
 

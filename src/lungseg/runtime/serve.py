@@ -7,8 +7,9 @@ POST /segment          body: the image file's bytes (PNG, JPEG, TIFF or DICOM), 
                        Segmentation; DICOM inputs only), review (JSON with the pictures inline, for the page)
 GET  /health           status, provider, the model card's code version and test metrics, the limits
 
-Bad requests get a 4xx with a message and the service stays up: empty body or SEG of a non-DICOM (400), body
-over the size limit or image over the pixel limit (413), not an image or a multipart form (415). At most
+Bad requests get a 4xx with a message and the service stays up: empty body or SEG of a non-DICOM (400), a body
+that does not arrive within the body timeout (408), body over the size limit or image over the pixel limit
+(413), not an image or a multipart form (415), a DICOM header a SEG cannot be made from (422). At most
 MAX_CONCURRENT_REQUESTS are decoded and segmented at once, off the event loop; beyond MAX_QUEUED_REQUESTS
 waiting, requests get 503 with Retry-After, so memory stays bounded whatever the load.
 """
@@ -22,6 +23,7 @@ from typing import Literal
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from lungseg import __version__
 from lungseg.runtime import files, limits
@@ -32,8 +34,10 @@ Format = Literal["png", "labels", "json", "seg", "review"]
 IMAGE_TYPES = ["application/octet-stream", "image/png", "image/jpeg", "image/tiff", "application/dicom"]
 ERRORS = {
     400: "empty body, or format=seg for an input that is not DICOM",
+    408: "the body did not arrive within the body timeout",
     413: "body over the size limit, or an image over the pixel limit",
     415: "not a PNG, JPEG, TIFF or DICOM file (or a multipart form instead of the file's bytes)",
+    422: "format=seg for a DICOM whose header a SEG cannot be made from (missing UIDs, ...)",
     503: "busy: too many requests waiting; retry after the seconds in Retry-After",
 }
 SEGMENT_OPENAPI = {
@@ -58,8 +62,8 @@ def _data_url(media_type: str, data: bytes) -> str:
 
 
 def create_app(segmenter: Segmenter, max_bytes: int = limits.MAX_REQUEST_BYTES,
-               max_concurrent: int = limits.MAX_CONCURRENT_REQUESTS,
-               max_queued: int = limits.MAX_QUEUED_REQUESTS) -> FastAPI:
+               max_concurrent: int = limits.MAX_CONCURRENT_REQUESTS, max_queued: int = limits.MAX_QUEUED_REQUESTS,
+               body_timeout: float = limits.BODY_TIMEOUT_SECONDS) -> FastAPI:
     app = FastAPI(title="lungseg", version=__version__,
                   description="Lung masks for chest X-rays. Research use only, not for clinical use.")
     card = segmenter.model.card
@@ -81,16 +85,21 @@ def create_app(segmenter: Segmenter, max_bytes: int = limits.MAX_REQUEST_BYTES,
         if fmt == "json":
             return JSONResponse(fields)
         if fmt == "seg" or fmt == "review":
-            seg = None
+            seg, seg_error = None, None
             if xray.header is not None:
                 from lungseg.runtime import dicom_seg
 
-                seg = dicom_seg.segmentation_bytes(xray.header, result.labels, segmenter.model)
+                try:
+                    seg = dicom_seg.segmentation_bytes(xray.header, result.labels, segmenter.model)
+                except Exception as err:  # highdicom's checks of the source header: this request only
+                    seg_error = f"cannot make a DICOM SEG from this file's header ({type(err).__name__}: {err})"
             elif fmt == "seg":
                 raise HTTPException(400, "format=seg needs a DICOM input: a SEG references its source image")
             if fmt == "seg":
+                if seg_error:
+                    raise HTTPException(422, seg_error)
                 return Response(seg, media_type="application/dicom")
-            return JSONResponse({**fields,
+            return JSONResponse({**fields, "seg_error": seg_error,
                                  "overlay": _data_url("image/png", files.png_bytes(
                                      outline_overlay(xray.pixels, result.labels))),
                                  "mask": _data_url("image/png", files.png_bytes(mask_png(result.mask))),
@@ -104,7 +113,7 @@ def create_app(segmenter: Segmenter, max_bytes: int = limits.MAX_REQUEST_BYTES,
     def review_page() -> HTMLResponse:
         return HTMLResponse(resources.files("lungseg.runtime").joinpath("static/review.html").read_text())
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     def health() -> dict:
         return {
             "status": "ok",
@@ -137,10 +146,16 @@ def create_app(segmenter: Segmenter, max_bytes: int = limits.MAX_REQUEST_BYTES,
         admitted += 1
         try:
             body = bytearray()
-            async for chunk in request.stream():
-                body.extend(chunk)
-                if len(body) > max_bytes:
-                    raise HTTPException(413, f"body is over the limit of {max_bytes} bytes")
+            try:
+                async with asyncio.timeout(body_timeout):  # a client that stops sending must not keep its place
+                    async for chunk in request.stream():
+                        body.extend(chunk)
+                        if len(body) > max_bytes:
+                            raise HTTPException(413, f"body is over the limit of {max_bytes} bytes")
+            except TimeoutError:
+                raise HTTPException(408, f"the request body did not arrive within {body_timeout:g} s") from None
+            except ClientDisconnect:
+                return Response(status_code=400)  # nobody is left to read it; not an error of the service
             if not body:
                 raise HTTPException(400, "empty body: send the image file's bytes (PNG, JPEG, TIFF or DICOM)")
             async with gate:
@@ -151,7 +166,9 @@ def create_app(segmenter: Segmenter, max_bytes: int = limits.MAX_REQUEST_BYTES,
     return app
 
 
-def serve(segmenter: Segmenter, host: str, port: int, max_bytes: int) -> None:
+def serve(segmenter: Segmenter, host: str, port: int, max_bytes: int,
+          body_timeout: float = limits.BODY_TIMEOUT_SECONDS) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(segmenter, max_bytes=max_bytes), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(segmenter, max_bytes=max_bytes, body_timeout=body_timeout), host=host, port=port,
+                log_level="info", timeout_graceful_shutdown=limits.SHUTDOWN_GRACE_SECONDS)
