@@ -5,8 +5,9 @@ window (centre/width), then MONOCHROME1 is inverted so that bone is bright as in
 transform the image's own min..max is used. RGB secondary captures become luma.
 
 Safety: the header is read first and Rows x Columns x frames is checked against the pixel limit before any
-pixel data is decoded; a deflated dataset is refused when it would inflate beyond what such a film needs; objects without an image (reports, presentation states, DICOMDIR,
-segmentations) raise NotAnImage and are skipped; anything malformed raises ImageReadError naming the file.
+pixel data is decoded; a deflated dataset is refused when it would inflate beyond what such a film needs;
+objects without an image (reports, presentation states, DICOMDIR, segmentations) raise NotAnImage and are
+skipped; anything malformed raises ImageReadError naming the file.
 Compressed transfer syntaxes decode when the `[dicom]` extra's plugins are installed (pylibjpeg and friends).
 """
 from __future__ import annotations
