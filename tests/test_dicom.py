@@ -9,7 +9,7 @@ from PIL import Image
 from pydicom import uid
 
 from lungseg.cli import main
-from lungseg.runtime.decode import ImageReadError, NotAnImage
+from lungseg.runtime.decode import ImageReadError, NotAnImage, TooLargeError
 from lungseg.runtime.decode import decode_xray, read_xray
 from lungseg.runtime.dicom import read_dicom
 from dicom_files import SYNTAXES, dicomdir, encode, make_dicom, structured_report
@@ -135,14 +135,19 @@ def test_objects_without_an_image_are_skipped_not_failed(tmp_path, xray):
         read_xray(index)
 
 
-def test_a_deflated_dataset_that_would_inflate_beyond_the_limit_is_refused_first(tmp_path, xray, monkeypatch):
+@pytest.mark.parametrize("layout", ["part10", "without preamble"])
+def test_a_deflated_dataset_that_would_inflate_beyond_the_limit_is_refused(tmp_path, xray, monkeypatch, layout):
     path = encode(tmp_path / "deflated.dcm", xray, uid.DeflatedExplicitVRLittleEndian)  # inflates to about 72 KB
+    if layout == "without preamble":  # the file meta at byte 0: pydicom still finds and inflates the dataset
+        path.write_bytes(path.read_bytes()[132:])
     monkeypatch.setattr("lungseg.runtime.dicom.MAX_INFLATED_DICOM_BYTES", 50_000)
     refused = "refused, its deflated dataset inflates to over the limit of 50,000 bytes"
-    with pytest.raises(ImageReadError, match=f"deflated.dcm: {refused}"):
+    with pytest.raises(TooLargeError, match=f"deflated.dcm: {refused}"):
         read_xray(path)
-    with pytest.raises(ImageReadError, match=f"upload: {refused}"):
+    with pytest.raises(TooLargeError, match=f"upload: {refused}"):
         decode_xray(path.read_bytes(), "upload")  # what `lungseg serve` reads
+    monkeypatch.setattr("lungseg.runtime.dicom.MAX_INFLATED_DICOM_BYTES", 100_000)
+    assert read_xray(path).pixels.shape == xray.shape
 
 
 def test_sequences_nested_too_deep_to_parse_are_this_files_error(tmp_path, xray):

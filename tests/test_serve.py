@@ -176,6 +176,12 @@ def test_clients_that_stop_sending_get_408_and_free_their_places(service, real_x
     assert post(service, png_bytes(real_xray[0]))[0] == 200
 
 
+def test_only_a_limit_makes_a_413_whatever_the_file_says(service, real_xray, tmp_path):
+    path = make_dicom(tmp_path / "odd.dcm", real_xray[0].astype(np.uint16), 12, photometric="OVER THE LIMIT")
+    status, _, answer = post(service, path.read_bytes())
+    assert status == 415 and "photometric interpretation 'OVER THE LIMIT'" in json.loads(answer)["detail"]
+
+
 def test_health_answers_a_head_request(service):
     assert urllib.request.urlopen(urllib.request.Request(f"{service}/health", method="HEAD")).status == 200
 

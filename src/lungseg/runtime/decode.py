@@ -30,6 +30,10 @@ class ImageReadError(UserError, ValueError):
     """A file that cannot be used as an image; the message names the file and the problem."""
 
 
+class TooLargeError(ImageReadError):
+    """An input over one of the limits (pixels, inflated size): refused before it takes the memory."""
+
+
 class NotAnImage(ImageReadError):
     """A file that is not meant to be an image (a DICOM report, a DICOMDIR, a text file): skipped, not failed."""
 
@@ -48,7 +52,7 @@ class Xray:
 def check_pixel_count(count: int, name: str) -> None:
     """Refuse before decoding anything that would decode to more than MAX_PIXELS pixels."""
     if count > MAX_PIXELS:
-        raise ImageReadError(f"{name}: refused, {count:,} pixels is over the limit of {MAX_PIXELS:,} "
+        raise TooLargeError(f"{name}: refused, {count:,} pixels is over the limit of {MAX_PIXELS:,} "
                              f"(a chest film has at most about 20 million)")
 
 
@@ -106,7 +110,7 @@ def _decode_raster(source: Path | io.BytesIO, name: str) -> Xray:
                                  f"followed by valid data)") from None
         raise ImageReadError(f"{name}: not an image file (unrecognised format)") from None
     except Image.DecompressionBombError:
-        raise ImageReadError(f"{name}: refused, too many pixels (over the limit of {MAX_PIXELS:,})") from None
+        raise TooLargeError(f"{name}: refused, too many pixels (over the limit of {MAX_PIXELS:,})") from None
     except (OSError, SyntaxError, ValueError, MemoryError, EOFError) as err:
         # PIL's own wording counts bytes of its buffer, not of the file: leave it out
         if "truncated" in str(err).lower():

@@ -23,10 +23,35 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_windowing
 
 from lungseg.runtime import dicom_codecs
-from lungseg.runtime.decode import ImageReadError, NotAnImage, Xray, check_pixel_count
+from lungseg.runtime.decode import ImageReadError, NotAnImage, TooLargeError, Xray, check_pixel_count
 from lungseg.runtime.limits import MAX_INFLATED_DICOM_BYTES
 
 dicom_codecs.register()
+
+
+class InflatedTooLarge(Exception):
+    """A deflated dataset that inflates beyond MAX_INFLATED_DICOM_BYTES."""
+
+
+class _BoundedZlib:
+    """pydicom inflates a deflated dataset whole, with `zlib.decompress` in pydicom.filereader, whatever its
+    file meta looks like, so a 1 MB file can take gigabytes. Standing in for that module's zlib, this stops at
+    MAX_INFLATED_DICOM_BYTES; everything else is zlib's own."""
+
+    def __getattr__(self, attribute: str):
+        return getattr(zlib, attribute)
+
+    @staticmethod
+    def decompress(data: bytes, wbits: int = zlib.MAX_WBITS, bufsize: int = zlib.DEF_BUF_SIZE) -> bytes:
+        inflater = zlib.decompressobj(wbits)
+        inflated = inflater.decompress(data, MAX_INFLATED_DICOM_BYTES + 1)
+        if len(inflated) > MAX_INFLATED_DICOM_BYTES:
+            raise InflatedTooLarge(f"its deflated dataset inflates to over the limit of "
+                                   f"{MAX_INFLATED_DICOM_BYTES:,} bytes")
+        return inflated + inflater.flush()
+
+
+pydicom.filereader.zlib = _BoundedZlib()
 
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422")
@@ -57,6 +82,8 @@ def parses_as_dicom(source: str | Path | BinaryIO) -> bool:
         ds = pydicom.dcmread(source, force=True, stop_before_pixels=True,
                              specific_tags=["SOPClassUID", "Rows", "Columns"])
         return bool(ds.get("SOPClassUID") or (ds.get("Rows") and ds.get("Columns")))
+    except InflatedTooLarge:
+        return True  # a deflated DICOM: reading it names the file and the limit
     except Exception:  # anything pydicom cannot parse is simply not DICOM
         return False
 
@@ -124,8 +151,11 @@ def _voi_lut(item: pydicom.Dataset, name: str):
 def _to_grayscale(ds: pydicom.Dataset, pixels: np.ndarray, name: str) -> np.ndarray:
     photometric = str(ds.PhotometricInterpretation)
     if photometric in COLOUR:
-        rgb = pixels.astype(np.float32)  # pydicom converts YBR to RGB when decoding
-        luma = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+        # pydicom converts YBR to RGB when decoding; one channel at a time keeps a 50-megapixel film's float
+        # copy at one plane
+        luma = pixels[..., 0] * np.float32(0.299)
+        luma += pixels[..., 1] * np.float32(0.587)
+        luma += pixels[..., 2] * np.float32(0.114)
         return _rescale(luma, 0, 2 ** int(ds.get("BitsStored", 8)) - 1)
     values = apply_modality_lut(pixels, ds)
     if ds.get("VOILUTSequence"):
@@ -186,40 +216,11 @@ def dataset_to_xray(ds: pydicom.Dataset, name: str) -> Xray:
     return Xray(gray, "dicom", bits, identity(ds), header)
 
 
-def _check_inflated_size(handle: BinaryIO, name: str) -> None:
-    """pydicom inflates a deflated dataset whole before reading any of it, so a 1 MB file can take gigabytes:
-    count what it inflates to, a chunk at a time, and refuse it beyond MAX_INFLATED_DICOM_BYTES."""
-    head = handle.read(144)
-    # Part 10 layout: preamble, 'DICM', then (0002,0000) UL with the length of the rest of the file meta
-    if len(head) < 144 or not looks_like_dicom(head) or head[132:138] != b"\x02\x00\x00\x00UL":
-        return
-    meta = handle.read(int.from_bytes(head[140:144], "little"))
-    if pydicom.uid.DeflatedExplicitVRLittleEndian.encode() not in meta:
-        return
-    inflater, inflated = zlib.decompressobj(-zlib.MAX_WBITS), 0
-    try:
-        while chunk := handle.read(1 << 16):
-            while chunk:
-                inflated += len(inflater.decompress(chunk, 1 << 20))
-                if inflated > MAX_INFLATED_DICOM_BYTES:
-                    raise ImageReadError(f"{name}: refused, its deflated dataset inflates to over the limit of "
-                                         f"{MAX_INFLATED_DICOM_BYTES:,} bytes")
-                chunk = inflater.unconsumed_tail
-    except zlib.error:
-        return  # a corrupt stream: pydicom names the problem
-
-
 def _parse(source: str | Path | BinaryIO, name: str, force: bool) -> pydicom.Dataset:
     try:
-        if isinstance(source, (str, Path)):
-            with open(source, "rb") as handle:
-                _check_inflated_size(handle, name)
-        else:
-            _check_inflated_size(source, name)
-            source.seek(0)
         return pydicom.dcmread(source, force=force)
-    except ImageReadError:
-        raise
+    except InflatedTooLarge as err:
+        raise TooLargeError(f"{name}: refused, {err}") from None
     except (InvalidDicomError, OSError, ValueError, AttributeError, EOFError, KeyError, TypeError,
             IndexError, OverflowError, MemoryError, RecursionError) as err:
         raise ImageReadError(f"{name}: unreadable DICOM file ({type(err).__name__}: {err})") from None

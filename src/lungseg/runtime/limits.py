@@ -5,9 +5,9 @@
 # 50 megapixels leaves room for any real film while a decompression bomb is refused before it takes memory.
 MAX_PIXELS = 50_000_000
 
-# A deflated DICOM dataset is inflated whole before it can be read: at most what the largest allowed film
-# needs at 32 bits a pixel, plus room for its header.
-MAX_INFLATED_DICOM_BYTES = 4 * MAX_PIXELS + 16 * 1024 * 1024
+# A deflated DICOM dataset is inflated whole before it can be read. A 4300 x 4300 16-bit film inflates to 37 MB;
+# beyond 64 MiB the file is refused, so a small file cannot take memory and minutes of parsing.
+MAX_INFLATED_DICOM_BYTES = 64 * 1024 * 1024
 
 # Largest HTTP request body `lungseg serve` reads: a 16-bit 4k x 4k DICOM is about 32 MB.
 MAX_REQUEST_BYTES = 32 * 1024 * 1024

@@ -27,7 +27,7 @@ from starlette.requests import ClientDisconnect
 
 from lungseg import __version__
 from lungseg.runtime import files, limits
-from lungseg.runtime.decode import ImageReadError, decode_xray
+from lungseg.runtime.decode import ImageReadError, TooLargeError, decode_xray
 from lungseg.runtime.predict import Segmenter, mask_png, outline_overlay
 
 Format = Literal["png", "labels", "json", "seg", "review"]
@@ -75,8 +75,7 @@ def create_app(segmenter: Segmenter, max_bytes: int = limits.MAX_REQUEST_BYTES,
         try:
             xray = decode_xray(body, "request body")
         except ImageReadError as err:
-            raise HTTPException(413 if "over the limit" in str(err) or "too many pixels" in str(err) else 415,
-                                str(err)) from None
+            raise HTTPException(413 if isinstance(err, TooLargeError) else 415, str(err)) from None
         result = segmenter.predict(xray)
         fields = {"width": int(xray.pixels.shape[1]), "height": int(xray.pixels.shape[0]),
                   "source_format": xray.source_format, **result.fields,
