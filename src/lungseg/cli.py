@@ -167,12 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(handler=_predict)
 
-    serve = commands.add_parser("serve", help="serve the model over HTTP: a review page at /, POST /segment")
+    serve = commands.add_parser("serve", help="serve the model over HTTP: a review page at /, POST /segment",
+                                epilog="exit codes: 0 stopped by Ctrl-C, 2 usage error, 3 unusable model or "
+                                       "address (port in use)")
     _add_model_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    serve.add_argument("--port", type=_whole_number(1, 65535), default=8000)
+    serve.add_argument("--port", type=_whole_number(1, 65535), default=8000, help="port to listen on (default %(default)s)")
     serve.add_argument("--max-bytes", type=_whole_number(1), default=limits.MAX_REQUEST_BYTES,
-                       help="largest request body")
+                       help="largest request body in bytes (default %(default)s: 32 MiB)")
     serve.add_argument("--body-timeout", type=_whole_number(1), default=limits.BODY_TIMEOUT_SECONDS,
                        help="seconds a request's body may take to arrive (default %(default)s)")
     serve.set_defaults(handler=_serve)

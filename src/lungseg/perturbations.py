@@ -19,7 +19,7 @@ Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.nda
 
 @dataclass(frozen=True)
 class Perturbation:
-    name: str  # e.g. "gamma_dark/2"
+    name: str  # e.g. "dark/2"
     description: str
     apply: Transform
 
