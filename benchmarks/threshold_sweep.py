@@ -1,6 +1,7 @@
 """Dice by mask threshold for a trained checkpoint: where `evaluate.threshold` sits against the best one. The
-model runs once per split; each threshold is then applied to the same full-size probabilities, with the
-post-processing the pipeline uses. Choose on the validation split; the test split only confirms.
+model runs once per split (both passes, the second on the lung box its `evaluate` params' threshold and margin
+find); each threshold is then applied to the same full-size probabilities, with the post-processing the pipeline
+uses. Choose on the validation split; the test split only confirms.
 
     .venv/bin/python benchmarks/threshold_sweep.py --checkpoint models/checkpoint.pt --splits val test
 """
@@ -24,18 +25,21 @@ def main() -> None:
     parser.add_argument("--splits", nargs="+", default=["val", "test"])
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7])
     args = parser.parse_args()
-    inference = checkpoint_inference(checkpoint.load(args.checkpoint), threshold=0.5, postprocess=True, batch_size=16)
+    trained = checkpoint.load(args.checkpoint)
+    config = trained.params.evaluate
+    inference = checkpoint_inference(trained, config.threshold, postprocess=True, batch_size=16,
+                                     lung_crop_margin=config.lung_crop_margin)
     manifest = read_manifest(args.manifest)
     print("split threshold dice worst5pct")
     for split in args.splits:
         rows = manifest[manifest["split"] == split]
-        probabilities = imaging.predict_probabilities([read_grayscale(path) for path in rows["image_path"]],
-                                                      inference.run_model, inference.image_size, inference.intensity,
-                                                      inference.batch_size)
+        framed = imaging.predict_framed([read_grayscale(path) for path in rows["image_path"]], inference.run_model,
+                                        inference.image_size, inference.intensity, inference.threshold,
+                                        inference.lung_crop_margin, inference.batch_size)
         counts = np.zeros((len(args.thresholds), len(rows), 3))
-        for image, (low_res, mask_path) in enumerate(zip(probabilities, rows["mask_path"])):
+        for image, (model_view, mask_path) in enumerate(zip(framed, rows["mask_path"])):
             truth = read_mask(mask_path)
-            full = imaging.upsample(low_res, *truth.shape)
+            full = model_view.full_size(*truth.shape)
             for index, threshold in enumerate(args.thresholds):
                 scores = score_masks(imaging.to_mask(full, threshold, inference.postprocess), truth)
                 counts[index, image] = [scores["intersection"], scores["truth_pixels"], scores["predicted_pixels"]]

@@ -18,7 +18,7 @@ def main() -> None:
     config = load_params(args.params).evaluate
     trained = checkpoint.load(args.checkpoint)
     inference = evaluation.checkpoint_inference(trained, config.threshold, config.postprocess, config.batch_size,
-                                                engine.select_device("auto"))
+                                                config.lung_crop_margin, engine.select_device("auto"))
     test = tables.split_rows(tables.read_manifest(args.manifest), "test")
     per_image = evaluation.score_split(test, inference)
     metrics = evaluation.split_metrics(per_image, "test")

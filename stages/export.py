@@ -19,7 +19,8 @@ def main() -> None:
 
     params = load_params(args.params)
     trained = checkpoint.load(args.checkpoint)
-    inference = evaluation.checkpoint_inference(trained, params.evaluate.threshold, params.evaluate.postprocess, 8)
+    inference = evaluation.checkpoint_inference(trained, params.evaluate.threshold, params.evaluate.postprocess, 8,
+                                                params.evaluate.lung_crop_margin)
     manifest = tables.read_manifest(args.manifest)
     card = export.model_card(
         inference, trained.in_channels, trained.params.model.input_mean, trained.params.model.input_std,

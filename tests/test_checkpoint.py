@@ -69,13 +69,16 @@ def test_fingerprint_follows_params_and_file_contents(tmp_path):
     assert first != checkpoint.fingerprint({"lr": 1}, [data])
 
 
-def test_checkpoint_from_before_keep_weights_loads_as_best_val(tmp_path):
+def test_checkpoints_from_before_newer_params_load_as_they_were_made(tmp_path):
     params = load_params(REPO / "params.yaml")
     config = params.model_dump(mode="json")
     del config["train"]["keep_weights"]  # what the train stage wrote before the parameter existed
     path = tmp_path / "best.pt"
     checkpoint.save(path, {"model": {}, "epoch": 15, "config": config, "in_channels": 1})
     assert checkpoint.load(path).params.train.keep_weights == "best_val"
+    del config["evaluate"]["lung_crop_margin"]  # nor evaluate.lung_crop_margin: those were scored in one pass
+    checkpoint.save(path, {"model": {}, "epoch": 15, "config": config, "in_channels": 1})
+    assert checkpoint.load(path).params.evaluate.lung_crop_margin is None
     checkpoint.save(path, {"model": {}, "epoch": 15, "config": "not a mapping", "in_channels": 1})
     with pytest.raises(checkpoint.CheckpointError, match="best.pt: not a lungseg checkpoint"):
         checkpoint.load(path)

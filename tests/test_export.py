@@ -1,11 +1,13 @@
 """ONNX export: a checked graph with a dynamic batch, parity with PyTorch, and the card inside the file."""
+import dataclasses
 import json
 
+import numpy as np
 import onnx
 import pytest
 
 from lungseg import export
-from lungseg.runtime import files
+from lungseg.runtime import files, imaging
 from lungseg.runtime.decode import read_grayscale
 from lungseg.runtime.model_file import CARD_FORMAT, CARD_KEY, INPUT_NAME, card_path_for, load_model
 from conftest import TINY_SIZE, real_pair_names, shipped_image, tiny_inference
@@ -29,6 +31,26 @@ def test_onnx_runtime_matches_pytorch_on_real_images(tiny_onnx, tiny_model):
     assert result["export/max_logit_diff"] < 1e-3
     assert result["export/mask_agreement"] > 0.9999
     export.check_parity(result, max_logit_diff=1e-3, min_mask_agreement=0.9999)
+
+
+def test_parity_runs_onnx_with_the_same_second_pass_as_pytorch(tmp_path):
+    import torch
+
+    from lungseg.evaluation import Inference
+    from lungseg.model import torch_runner
+
+    class BrightIsLung(torch.nn.Module):
+        def forward(self, x):
+            return (x - 0.5) * 8.0
+
+    onnx_path = tmp_path / "bright.onnx"
+    export.write_model(onnx_path, export.export_graph(BrightIsLung(), 32, 1, opset=18))
+    film = np.zeros((400, 320), np.uint8)
+    film[150:250, 100:150] = film[150:250, 170:220] = 230  # a small thorax: the second pass changes the mask
+    inference = Inference(torch_runner(BrightIsLung()), 32, "none", 0.5, True, 8, lung_crop_margin=0.1)
+    one_pass = dataclasses.replace(inference, lung_crop_margin=None)
+    assert (inference.segment([film])[0] != one_pass.segment([film])[0]).mean() > 0.001
+    assert export.parity(onnx_path, inference, [film, film[::-1]])["export/mask_agreement"] > 0.9999
 
 
 def test_parity_check_fails_beyond_tolerance():

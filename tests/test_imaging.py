@@ -69,3 +69,54 @@ def test_one_preprocessing_function_for_every_consumer():
     assert 0 <= batch.min() and batch.max() <= 1
     expected = cv2.equalizeHist(imaging.resize_image(images[1], 32)) / 255.0
     assert np.allclose(batch[1, 0], expected)
+
+
+def _bright_is_lung(calls):
+    def run_model(inputs):  # (N, 1, S, S) -> logits: lung wherever the input is bright
+        calls.append(inputs.copy())
+        return np.where(inputs[:, 0] > 0.5, 4.0, -4.0).astype(np.float32)
+    return run_model
+
+
+def test_the_second_pass_runs_on_the_lung_box_cut_from_the_full_image():
+    image = np.zeros((400, 300), np.uint8)
+    image[100:300, 50:250] = 200  # the "lungs": a third of the film
+    calls = []
+    framed = imaging.predict_framed([image], _bright_is_lung(calls), 64, "none", 0.5, lung_crop_margin=0.1,
+                                    batch_size=4)[0]
+    assert len(calls) == 2
+    # The box is the lungs widened by 10% of their 200 px per side, to the first pass's 400/64 px precision.
+    assert abs(framed.top - 80) <= 7 and abs(framed.bottom - 320) <= 7
+    assert abs(framed.left - 30) <= 5 and abs(framed.right - 270) <= 5
+    # The second input is that box: the lungs fill about (200/240)^2 of it, a third of the first input.
+    assert abs((calls[0] > 0.5).mean() - 1 / 3) < 0.03 and abs((calls[1] > 0.5).mean() - (200 / 240) ** 2) < 0.05
+    full = framed.full_size(400, 300)
+    assert full.shape == (400, 300) and full[:framed.top].max() == 0 and full[:, framed.right:].max() == 0
+    mask = imaging.to_mask(full, 0.5, postprocess=True)
+    assert mask[110:290, 60:240].all() and not mask[:90].any() and not mask[:, 260:].any()
+
+
+def test_a_box_reaching_past_the_image_is_clipped_to_it():
+    probabilities = np.zeros((64, 64), np.float32)
+    probabilities[0:40, 20:64] = 1.0  # lungs touching the top and right edges
+    assert imaging.lung_box(probabilities, 0.5, 0.2, 640, 320) == (0, 480, 56, 320)
+
+
+def test_images_without_lungs_keep_their_first_pass_and_order():
+    lungs, blank = np.zeros((128, 128), np.uint8), np.zeros((90, 70), np.uint8)
+    lungs[30:100, 20:110] = 220
+    calls = []
+    framed = imaging.predict_framed([blank, lungs, blank], _bright_is_lung(calls), 32, "none", 0.5, 0.1, 8)
+    assert [c.shape[0] for c in calls] == [3, 1]  # the second pass runs on the one image with lungs
+    assert [(f.top, f.bottom, f.left, f.right) for f in framed[::2]] == [(0, 90, 0, 70)] * 2
+    assert (framed[1].bottom - framed[1].top, framed[1].right - framed[1].left) < (128, 128)
+    assert framed[0].probabilities.max() < 0.5 and framed[1].probabilities.max() > 0.5
+
+
+def test_without_a_margin_there_is_one_pass_over_the_whole_image():
+    image = np.zeros((100, 80), np.uint8)
+    image[20:80, 10:70] = 255
+    calls = []
+    framed = imaging.predict_framed([image], _bright_is_lung(calls), 32, "none", 0.5, None, 8)[0]
+    assert len(calls) == 1 and (framed.top, framed.bottom, framed.left, framed.right) == (0, 100, 0, 80)
+    assert np.array_equal(framed.full_size(100, 80), imaging.upsample(framed.probabilities, 100, 80))

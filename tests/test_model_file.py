@@ -46,12 +46,22 @@ def test_missing_or_malformed_cards_are_refused(tmp_path, graph, case, card_text
     ({"input": {"name": "pixels"}}, "do not match the card's input"),
     ({"output": {"threshold": 1.5}}, "threshold 1.5 is not between 0 and 1"),
     ({"input": {"intensity": "magic"}}, "input.intensity 'magic'"),
+    ({"input": {"lung_crop_margin": 1.5}}, "input.lung_crop_margin 1.5 is not null or a number in 0..1"),
+    ({"input": {"lung_crop_margin": "0.1"}}, "input.lung_crop_margin '0.1' is not null or a number"),
 ])
 def test_a_card_that_disagrees_with_the_graph_is_refused(tmp_path, tiny_model, graph, change, message):
     card = tiny_card(tiny_model, **change)
     path = write(tmp_path / "m.onnx", graph, json.dumps(card))
     with pytest.raises(ModelError, match=message):
         load_model(path)
+
+
+def test_the_lung_crop_margin_comes_from_the_card_and_older_cards_mean_one_pass(tmp_path, tiny_model, graph):
+    with_margin = tiny_card(tiny_model, input={"lung_crop_margin": 0.1})
+    assert load_model(write(tmp_path / "two.onnx", graph, json.dumps(with_margin))).lung_crop_margin == 0.1
+    older = tiny_card(tiny_model)
+    del older["input"]["lung_crop_margin"]  # cards written before the second pass existed
+    assert load_model(write(tmp_path / "one.onnx", graph, json.dumps(older))).lung_crop_margin is None
 
 
 def test_truncated_and_non_onnx_files_are_refused_in_one_line(tmp_path, tiny_onnx, capsys):

@@ -119,3 +119,31 @@ def test_auto_device_names_the_provider_that_ran(tiny_onnx, inputs, tmp_path, ca
     main(["predict", str(inputs / "plain.png"), "--model", str(tiny_onnx), "--output", str(tmp_path / "o"),
           "--quiet"])
     assert "on CPUExecutionProvider" in capsys.readouterr().out
+
+
+def test_a_model_whose_card_asks_for_a_second_pass_segments_a_small_thorax_at_full_input_resolution():
+    from lungseg.runtime.decode import Xray
+    from lungseg.runtime.predict import Segmenter
+
+    class BrightIsLung:  # the runtime's view of a model: a card's settings and a run function
+        image_size, intensity, threshold, postprocess = 32, "none", 0.5, True
+        lung_fraction_range = (0.05, 0.6)
+
+        def __init__(self, lung_crop_margin):
+            self.inputs, self.lung_crop_margin = [], lung_crop_margin
+
+        def run(self, inputs):
+            self.inputs.append(inputs)
+            return np.where(inputs[:, 0] > 0.5, 4.0, -4.0).astype(np.float32)
+
+    pixels = np.zeros((800, 800), np.uint8)
+    pixels[300:500, 290:380] = pixels[300:500, 420:510] = 230  # two lungs, a quarter of the film's height
+    truth = pixels > 0
+    dice = lambda mask: 2 * (mask & truth).sum() / (mask.sum() + truth.sum())  # noqa: E731
+    one_pass, two_pass = BrightIsLung(None), BrightIsLung(0.1)
+    first, second = (Segmenter(model).predict(Xray(pixels, "png")) for model in (one_pass, two_pass))
+    assert len(one_pass.inputs) == 1 and len(two_pass.inputs) == 2
+    assert (two_pass.inputs[1] > 0.5).mean() > 3 * (two_pass.inputs[0] > 0.5).mean()
+    # At 32 px one input pixel covers 25 film pixels; on the lungs' box (264 px wide) 8.25.
+    assert dice(first.mask) < 0.92 and dice(second.mask) > 0.95  # measured: 0.901 and 0.957
+    assert second.fields["regions"] == 2 and second.probabilities.shape == (800, 800)

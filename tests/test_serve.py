@@ -150,7 +150,7 @@ def test_a_dicom_whose_header_cannot_make_a_seg_is_still_segmented(service, real
     status, _, answer = post(service, path.read_bytes(), "?format=review")  # what the review page asks for
     review = json.loads(answer)
     assert status == 200 and review["mask"] and review["seg"] is None
-    assert review["seg_error"].startswith("cannot make a DICOM SEG from this file's header")
+    assert review["seg_error"].startswith("cannot make a DICOM SEG from the file's header")
     status, _, answer = post(service, path.read_bytes(), "?format=seg")
     assert status == 422 and "cannot make a DICOM SEG" in json.loads(answer)["detail"]
 

@@ -182,7 +182,7 @@ def score(checkpoint_path: str, manifest: Path, raw: dict) -> dict:
     trained = checkpoint.load(checkpoint_path)
     config = trained.params.evaluate
     inference = evaluation.checkpoint_inference(trained, config.threshold, config.postprocess, config.batch_size,
-                                                engine.select_device(raw["train"]["device"]))
+                                                config.lung_crop_margin, engine.select_device(raw["train"]["device"]))
     metrics = evaluation.split_metrics(evaluation.score_split(
         tables.split_rows(tables.read_manifest(manifest), "test"), inference), "test")
     keep = ("dice", "iou", "dice_worst5pct", "dice_min")
@@ -196,7 +196,8 @@ def export_best(checkpoint_path: str, manifest: Path, out: Path) -> dict:
 
     trained = checkpoint.load(checkpoint_path)
     params = trained.params
-    inference = evaluation.checkpoint_inference(trained, params.evaluate.threshold, params.evaluate.postprocess, 8)
+    inference = evaluation.checkpoint_inference(trained, params.evaluate.threshold, params.evaluate.postprocess, 8,
+                                                params.evaluate.lung_crop_margin)
     rows = tables.read_manifest(manifest)
     card = export.model_card(inference, trained.in_channels, params.model.input_mean, params.model.input_std,
                              data.lung_fraction_range(tables.split_rows(rows, "train")), data.source_licences(rows),

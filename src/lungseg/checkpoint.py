@@ -79,6 +79,9 @@ def load(path: str | Path) -> Checkpoint:
         if isinstance(raw["config"].get("train"), dict):
             # Checkpoints written before train.keep_weights existed kept the best-validation epoch.
             raw["config"]["train"].setdefault("keep_weights", "best_val")
+        if isinstance(raw["config"].get("evaluate"), dict):
+            # Checkpoints written before evaluate.lung_crop_margin existed were evaluated in one pass.
+            raw["config"]["evaluate"].setdefault("lung_crop_margin", None)
         return Checkpoint(Params.model_validate(raw["config"]), int(raw["in_channels"]), int(raw["epoch"]),
                           raw.get("mlflow_run_id"), raw["model"])
     except (AttributeError, KeyError, TypeError, ValueError) as err:

@@ -140,6 +140,7 @@ class TrainConfig(_Strict):
 class EvaluateConfig(_Strict):
     threshold: Real = Field(gt=0, lt=1)
     postprocess: bool
+    lung_crop_margin: Annotated[Real, Field(ge=0, le=1)] | None
     batch_size: StrictInt = Field(gt=0)
 
 

@@ -26,10 +26,12 @@ class Inference:
     threshold: float
     postprocess: bool
     batch_size: int = 16
+    lung_crop_margin: float | None = None  # a second pass on the lungs' box (imaging.predict_framed); None: one
 
     def segment(self, images: list[np.ndarray], postprocess: bool | None = None) -> list[np.ndarray]:
         return imaging.segment(images, self.run_model, self.image_size, self.intensity, self.threshold,
-                               self.batch_size, self.postprocess if postprocess is None else postprocess)
+                               self.batch_size, self.postprocess if postprocess is None else postprocess,
+                               self.lung_crop_margin)
 
 
 def score_masks(prediction: np.ndarray, truth: np.ndarray) -> dict:
@@ -113,7 +115,7 @@ def case_panels(per_image: pd.DataFrame, split_rows: pd.DataFrame, inference: In
 
 
 def checkpoint_inference(trained: Checkpoint, threshold: float, postprocess: bool, batch_size: int,
-                         device: torch.device | str = "cpu") -> Inference:
+                         lung_crop_margin: float | None, device: torch.device | str = "cpu") -> Inference:
     """The trained model of a checkpoint, run in PyTorch with its own image size and intensity handling."""
     return Inference(torch_runner(trained.build_model(), device), trained.params.train.image_size,
-                     trained.params.model.intensity, threshold, postprocess, batch_size)
+                     trained.params.model.intensity, threshold, postprocess, batch_size, lung_crop_margin)

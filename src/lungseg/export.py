@@ -4,6 +4,7 @@ The runtime reads the card back (lungseg.runtime.model_file) and never needs thi
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import tempfile
@@ -59,8 +60,7 @@ def parity(onnx_path: str | Path, torch_inference: Inference, images: list[np.nd
     between ONNX Runtime running `onnx_path` and PyTorch running the same model."""
     session = create_session(onnx_path)
     onnx_run = lambda inputs: session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0][:, 0]  # noqa: E731
-    onnx_inference = Inference(onnx_run, torch_inference.image_size, torch_inference.intensity,
-                               torch_inference.threshold, torch_inference.postprocess, torch_inference.batch_size)
+    onnx_inference = dataclasses.replace(torch_inference, run_model=onnx_run)  # every other setting the same
     inputs = imaging.model_input(images, torch_inference.image_size, torch_inference.intensity)
     logit_diff = np.abs(onnx_run(inputs) - torch_inference.run_model(inputs)).max()
     onnx_masks, torch_masks = onnx_inference.segment(images), torch_inference.segment(images)
@@ -113,6 +113,15 @@ def model_card(inference: Inference, in_channels: int, input_mean: float, input_
                               f"interpolation (aspect ratio not kept), {intensity_text}divide by 255"),
             "resize": imaging.DOWNSAMPLE,
             "intensity": inference.intensity,
+            "lung_crop_margin": inference.lung_crop_margin,
+            "lung_crop": (
+                "none: one pass on the whole image" if inference.lung_crop_margin is None else
+                f"two passes: the whole image, then the bounding box of the first pass's mask (two largest regions), "
+                f"widened by {inference.lung_crop_margin:g} x its height and width on each side and clipped to the "
+                f"image, cut from the full-resolution image and preprocessed as above; the second pass's "
+                f"probabilities, resized to the box, are the result inside it and 0 outside (an image where the "
+                f"first pass finds no lung keeps the first pass)"
+            ),
             "normalisation": {"inside_model": True, "formula": "(x - mean) / std", "mean": input_mean,
                               "std": input_std},
         },

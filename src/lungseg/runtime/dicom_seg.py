@@ -16,6 +16,7 @@ import numpy as np
 from pydicom.sr.codedict import codes
 
 from lungseg import __version__
+from lungseg.errors import UserError
 from lungseg.runtime import lungs
 
 SERIES_NUMBER = 9101
@@ -67,7 +68,16 @@ def segmentation(header, labels: np.ndarray, model) -> hd.seg.Segmentation:
         omit_empty_frames=False)
 
 
+class SegError(UserError, ValueError):
+    """No SEG can be made from this source's header: that file's SEG only, never the batch or the service."""
+
+
 def segmentation_bytes(header, labels: np.ndarray, model) -> bytes:
+    """The SEG file's bytes; SegError when highdicom refuses the source header (a study or series UID missing,
+    a value it cannot copy)."""
     buffer = io.BytesIO()
-    segmentation(header, labels, model).save_as(buffer)
+    try:
+        segmentation(header, labels, model).save_as(buffer)
+    except Exception as err:  # highdicom's own checks raise ValueError, AttributeError, TypeError, ...
+        raise SegError(f"cannot make a DICOM SEG from the file's header ({type(err).__name__}: {err})") from None
     return buffer.getvalue()

@@ -5,6 +5,7 @@ Pure NumPy/OpenCV, no torch, so the deployed ONNX predictor applies exactly the 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import cv2
@@ -120,6 +121,65 @@ def predict_probabilities(
     return probabilities
 
 
+@dataclass(frozen=True)
+class Framed:
+    """The model's (S, S) lung probabilities for one region of an image: rows top..bottom-1, columns
+    left..right-1 (the whole image, or the lungs' neighbourhood after a first pass)."""
+
+    probabilities: np.ndarray
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+    def full_size(self, height: int, width: int) -> np.ndarray:
+        """(height, width) probabilities: the region's upsampled into place, 0 outside it."""
+        region = upsample(self.probabilities, self.bottom - self.top, self.right - self.left)
+        if region.shape == (height, width):
+            return region
+        canvas = np.zeros((height, width), np.float32)
+        canvas[self.top : self.bottom, self.left : self.right] = region
+        return canvas
+
+
+def lung_box(probabilities: np.ndarray, threshold: float, margin: float, height: int, width: int
+             ) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) in a (height, width) image around the two largest lung regions of its
+    (S, S) probabilities, widened by `margin` x the box's height and width on each side and clipped to the image;
+    None when no lung was found."""
+    mask = keep_lungs(probabilities > threshold)
+    if not mask.any():
+        return None
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    scale_y, scale_x = height / mask.shape[0], width / mask.shape[1]
+    top, bottom = rows[0] * scale_y, (rows[-1] + 1) * scale_y
+    left, right = columns[0] * scale_x, (columns[-1] + 1) * scale_x
+    grow_y, grow_x = margin * (bottom - top), margin * (right - left)
+    return (max(0, int(top - grow_y)), min(height, int(np.ceil(bottom + grow_y))),
+            max(0, int(left - grow_x)), min(width, int(np.ceil(right + grow_x))))
+
+
+def predict_framed(
+    images: list[np.ndarray], run_model: Callable[[np.ndarray], np.ndarray], image_size: int, intensity: str,
+    threshold: float, lung_crop_margin: float | None, batch_size: int,
+) -> list[Framed]:
+    """Gray uint8 images of any size -> the model's probabilities and the region they cover.
+
+    With a lung_crop_margin, a second pass: the model runs again on the lungs' box from the first pass, widened by
+    the margin, cut from the full-resolution image. The lungs then fill the model's input whether the thorax
+    fills the film or half of it, so a small thorax gets the input's resolution instead of a fraction of it. An
+    image where the first pass finds no lung keeps its first pass.
+    """
+    first = predict_probabilities(images, run_model, image_size, intensity, batch_size)
+    whole = [Framed(p, 0, image.shape[0], 0, image.shape[1]) for p, image in zip(first, images)]
+    if lung_crop_margin is None:
+        return whole
+    boxes = [lung_box(p, threshold, lung_crop_margin, *image.shape) for p, image in zip(first, images)]
+    crops = [image[box[0] : box[1], box[2] : box[3]] for image, box in zip(images, boxes) if box is not None]
+    second = iter(predict_probabilities(crops, run_model, image_size, intensity, batch_size))
+    return [Framed(next(second), *box) if box is not None else framed for framed, box in zip(whole, boxes)]
+
+
 def to_mask(probabilities: np.ndarray, threshold: float, postprocess: bool) -> np.ndarray:
     """Full-size probabilities -> bool mask; with postprocess the two largest regions, holes filled."""
     mask = probabilities > threshold
@@ -134,11 +194,9 @@ def segment(
     threshold: float,
     batch_size: int,
     postprocess: bool,
+    lung_crop_margin: float | None = None,
 ) -> list[np.ndarray]:
     """Gray uint8 images of any size -> bool lung masks of the same sizes: the one inference path that
-    evaluation, export checks and deployment share."""
-    probabilities = predict_probabilities(images, run_model, image_size, intensity, batch_size)
-    return [
-        to_mask(upsample(p, image.shape[0], image.shape[1]), threshold, postprocess)
-        for p, image in zip(probabilities, images)
-    ]
+    evaluation, export checks and deployment share (see predict_framed for lung_crop_margin)."""
+    framed = predict_framed(images, run_model, image_size, intensity, threshold, lung_crop_margin, batch_size)
+    return [to_mask(f.full_size(*image.shape), threshold, postprocess) for f, image in zip(framed, images)]

@@ -84,6 +84,7 @@ def check_card(card: object, session: ort.InferenceSession, path: Path) -> dict:
         low, high = (float(v) for v in card["training_data"]["lung_fraction_range"])
         intensity = spec["intensity"]
         postprocess = out["postprocess"]
+        crop_margin = spec.get("lung_crop_margin")  # absent in cards written before the second pass: one pass
     except (KeyError, IndexError, TypeError, ValueError) as err:
         raise _refuse(path, f"model card is missing or has a malformed field ({type(err).__name__}: {err})") from None
     inputs, outputs = session.get_inputs(), session.get_outputs()
@@ -100,6 +101,9 @@ def check_card(card: object, session: ort.InferenceSession, path: Path) -> dict:
         raise _refuse(path, f"card threshold {threshold} is not between 0 and 1")
     if not isinstance(postprocess, bool):
         raise _refuse(path, f"card output.postprocess {postprocess!r} is not true/false")
+    if crop_margin is not None and (isinstance(crop_margin, bool) or not isinstance(crop_margin, (int, float))
+                                    or not 0 <= crop_margin <= 1):
+        raise _refuse(path, f"card input.lung_crop_margin {crop_margin!r} is not null or a number in 0..1")
     if not 0 <= low <= high <= 1:
         raise _refuse(path, f"card lung_fraction_range [{low}, {high}] is not an ordered range in 0..1")
     if intensity not in INTENSITY_METHODS:
@@ -146,6 +150,11 @@ class Model:
     @property
     def postprocess(self) -> bool:
         return bool(self.card["output"]["postprocess"])
+
+    @property
+    def lung_crop_margin(self) -> float | None:
+        margin = self.card["input"].get("lung_crop_margin")
+        return None if margin is None else float(margin)
 
     @property
     def lung_fraction_range(self) -> tuple[float, float]:

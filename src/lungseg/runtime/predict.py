@@ -76,20 +76,19 @@ class Segmenter:
     def provider(self) -> str:
         return self.model.provider
 
-    def model_probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        """The model's part: gray (H, W) -> (S, S) lung probabilities at the model's size."""
-        return imaging.predict_probabilities([pixels], self.model.run, self.model.image_size,
-                                             self.model.intensity, batch_size=1)[0]
+    def model_probabilities(self, pixels: np.ndarray) -> imaging.Framed:
+        """The model's part: gray (H, W) -> lung probabilities at the model's size and the region they cover."""
+        return imaging.predict_framed([pixels], self.model.run, self.model.image_size, self.model.intensity,
+                                      self.model.threshold, self.model.lung_crop_margin, batch_size=1)[0]
 
-    def complete(self, xray: Xray, low_res: np.ndarray) -> Prediction:
+    def complete(self, xray: Xray, framed: imaging.Framed) -> Prediction:
         """Everything after the model: full-size probabilities, mask, right/left lungs, areas, QA."""
-        height, width = xray.pixels.shape
-        probabilities = imaging.upsample(low_res, height, width)
+        probabilities = framed.full_size(*xray.pixels.shape)
         mask = imaging.to_mask(probabilities, self.model.threshold, self.model.postprocess)
         right_on_left, assumed = lungs.patient_right_on_image_left(xray.dicom.get("PatientOrientation", ""))
         labels = lungs.label_lungs(mask, right_on_left)
         area = lungs.areas(labels, xray.dicom.get("pixel_spacing_mm"))
-        checks = qa.describe(mask, low_res, self.model.threshold, self.model.lung_fraction_range,
+        checks = qa.describe(mask, framed.probabilities, self.model.threshold, self.model.lung_fraction_range,
                              (area["right_lung_pixels"], area["left_lung_pixels"]))
         return Prediction(mask, labels, probabilities, {**area, "laterality_assumed": assumed, **checks})
 
@@ -243,9 +242,9 @@ def _read(job: Job) -> Xray | ImageReadError | None:
         return err
 
 
-def _write_results(segmenter: Segmenter, job: Job, xray: Xray, low_res: np.ndarray, options: Options,
+def _write_results(segmenter: Segmenter, job: Job, xray: Xray, framed: imaging.Framed, options: Options,
                    output_dir: Path) -> dict:
-    result = segmenter.complete(xray, low_res)
+    result = segmenter.complete(xray, framed)
     shown = lambda path: str(path.relative_to(output_dir))  # noqa: E731  outputs are named within the folder
     row = {"mask": shown(job.mask), "width": xray.pixels.shape[1], "height": xray.pixels.shape[0],
            "source_format": xray.source_format, "bits_stored": xray.bits_stored, **result.fields,
@@ -260,9 +259,8 @@ def _write_results(segmenter: Segmenter, job: Job, xray: Xray, low_res: np.ndarr
 
         try:
             seg = dicom_seg.segmentation_bytes(xray.header, result.labels, segmenter.model)
-        except Exception as err:  # highdicom refuses headers it cannot copy into a SEG; no output for this file
-            raise ResultError(f"{job.shown}: cannot make a DICOM SEG from its header ({type(err).__name__}: "
-                              f"{err})") from None
+        except dicom_seg.SegError as err:  # no output for this file; the batch goes on
+            raise ResultError(f"{job.shown}: {err}") from None
         files.write_bytes(extra["seg"], seg)
         row["seg"] = shown(extra["seg"])
     files.write_png(extra["labels"], result.labels)
@@ -322,11 +320,11 @@ def predict_files(segmenter: Segmenter, jobs: list[Job], output_dir: str | Path,
                 results.append((job, {"status": f"error: {xray}"}))
             else:
                 try:
-                    low_res = segmenter.model_probabilities(xray.pixels)
+                    framed = segmenter.model_probabilities(xray.pixels)
                 except Exception as err:  # one file's unexpected problem never ends the batch
                     results.append((job, _unexpected(job, err)))
                     continue
-                future = pool.submit(_write_results, segmenter, job, xray, low_res, options, output_dir)
+                future = pool.submit(_write_results, segmenter, job, xray, framed, options, output_dir)
                 future.add_done_callback(note_failure)
                 results.append((job, future))
         rows = [{"file": job.shown, **_settle(job, result)} for job, result in results]

@@ -90,8 +90,8 @@ def create_app(segmenter: Segmenter, max_bytes: int = limits.MAX_REQUEST_BYTES,
 
                 try:
                     seg = dicom_seg.segmentation_bytes(xray.header, result.labels, segmenter.model)
-                except Exception as err:  # highdicom's checks of the source header: this request only
-                    seg_error = f"cannot make a DICOM SEG from this file's header ({type(err).__name__}: {err})"
+                except dicom_seg.SegError as err:  # this request only
+                    seg_error = str(err)
             elif fmt == "seg":
                 raise HTTPException(400, "format=seg needs a DICOM input: a SEG references its source image")
             if fmt == "seg":
