@@ -117,7 +117,8 @@ def main() -> None:
         results["smp.Unet"]["infer_ips"] = inference_rate(peer_run, size, args.inference_images)
         for name, run_model in (("lungseg", ours_run), ("smp.Unet", peer_run)):
             inference = evaluation.Inference(run_model, size, params.model.intensity, params.evaluate.threshold,
-                                             params.evaluate.postprocess)
+                                             params.evaluate.postprocess,
+                                             lung_crop_margin=params.evaluate.lung_crop_margin)
             scores = evaluation.split_metrics(evaluation.score_split(test, inference))
             results[name]["dice"], results[name]["iou"] = scores["test/dice"], scores["test/iou"]
 
