@@ -33,16 +33,16 @@ def main() -> None:
     print("split threshold dice worst5pct")
     for split in args.splits:
         rows = manifest[manifest["split"] == split]
-        framed = imaging.predict_framed([read_grayscale(path) for path in rows["image_path"]], inference.run_model,
-                                        inference.image_size, inference.intensity, inference.threshold,
-                                        inference.lung_crop_margin, inference.batch_size)
+        images = [read_grayscale(path) for path in rows["image_path"]]
+        framed = imaging.predict_framed(images, inference.run_model, inference.image_size, inference.intensity,
+                                        inference.threshold, inference.lung_crop_margin, inference.batch_size)
         counts = np.zeros((len(args.thresholds), len(rows), 3))
-        for image, (model_view, mask_path) in enumerate(zip(framed, rows["mask_path"])):
+        for index_in_split, (pixels, model_view, mask_path) in enumerate(zip(images, framed, rows["mask_path"])):
             truth = read_mask(mask_path)
-            full = model_view.full_size(*truth.shape)
+            full = model_view.full_size(*pixels.shape)
             for index, threshold in enumerate(args.thresholds):
                 scores = score_masks(imaging.to_mask(full, threshold, inference.postprocess), truth)
-                counts[index, image] = [scores["intersection"], scores["truth_pixels"], scores["predicted_pixels"]]
+                counts[index, index_in_split] = [scores["intersection"], scores["truth_pixels"], scores["predicted_pixels"]]
         for index, threshold in enumerate(args.thresholds):
             dice = iou_dice(counts[index].sum(0))[1]
             worst = summarize(iou_dice(counts[index])[1])["worst5pct"]

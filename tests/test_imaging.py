@@ -86,12 +86,12 @@ def test_the_second_pass_runs_on_the_lung_box_cut_from_the_full_image():
                                     batch_size=4)[0]
     assert len(calls) == 2
     # The box is the lungs widened by 10% of their 200 px per side, to the first pass's 400/64 px precision.
-    assert abs(framed.top - 80) <= 7 and abs(framed.bottom - 320) <= 7
-    assert abs(framed.left - 30) <= 5 and abs(framed.right - 270) <= 5
+    assert abs(framed.box.top - 80) <= 7 and abs(framed.box.bottom - 320) <= 7
+    assert abs(framed.box.left - 30) <= 5 and abs(framed.box.right - 270) <= 5
     # The second input is that box: the lungs fill about (200/240)^2 of it, a third of the first input.
     assert abs((calls[0] > 0.5).mean() - 1 / 3) < 0.03 and abs((calls[1] > 0.5).mean() - (200 / 240) ** 2) < 0.05
     full = framed.full_size(400, 300)
-    assert full.shape == (400, 300) and full[:framed.top].max() == 0 and full[:, framed.right:].max() == 0
+    assert full.shape == (400, 300) and full[:framed.box.top].max() == 0 and full[:, framed.box.right:].max() == 0
     mask = imaging.to_mask(full, 0.5, postprocess=True)
     assert mask[110:290, 60:240].all() and not mask[:90].any() and not mask[:, 260:].any()
 
@@ -108,9 +108,23 @@ def test_images_without_lungs_keep_their_first_pass_and_order():
     calls = []
     framed = imaging.predict_framed([blank, lungs, blank], _bright_is_lung(calls), 32, "none", 0.5, 0.1, 8)
     assert [c.shape[0] for c in calls] == [3, 1]  # the second pass runs on the one image with lungs
-    assert [(f.top, f.bottom, f.left, f.right) for f in framed[::2]] == [(0, 90, 0, 70)] * 2
-    assert (framed[1].bottom - framed[1].top, framed[1].right - framed[1].left) < (128, 128)
+    assert [tuple(f.box) for f in framed[::2]] == [(0, 90, 0, 70)] * 2
+    assert (framed[1].box.bottom - framed[1].box.top, framed[1].box.right - framed[1].box.left) < (128, 128)
     assert framed[0].probabilities.max() < 0.5 and framed[1].probabilities.max() > 0.5
+
+
+def test_a_second_pass_that_finds_no_lung_keeps_the_first():
+    image = np.zeros((256, 256), np.uint8)
+    image[100:104, 100:104] = 255  # a speck: its box, magnified to the whole input, is all "lung" ...
+    calls = []
+
+    def speck_then_nothing(inputs):  # ... so a model that sees lungs only in the first call stands in
+        calls.append(inputs)
+        return np.full(inputs.shape[:1] + inputs.shape[2:], 4.0 if len(calls) == 1 else -4.0, np.float32) * (
+            inputs[:, 0] > 0.5) - 4.0 * (inputs[:, 0] <= 0.5)
+
+    framed = imaging.predict_framed([image], speck_then_nothing, 64, "none", 0.5, 0.1, 8)[0]
+    assert len(calls) == 2 and tuple(framed.box) == (0, 256, 0, 256) and framed.probabilities.max() > 0.5
 
 
 def test_without_a_margin_there_is_one_pass_over_the_whole_image():
@@ -118,5 +132,5 @@ def test_without_a_margin_there_is_one_pass_over_the_whole_image():
     image[20:80, 10:70] = 255
     calls = []
     framed = imaging.predict_framed([image], _bright_is_lung(calls), 32, "none", 0.5, None, 8)[0]
-    assert len(calls) == 1 and (framed.top, framed.bottom, framed.left, framed.right) == (0, 100, 0, 80)
+    assert len(calls) == 1 and tuple(framed.box) == (0, 100, 0, 80)
     assert np.array_equal(framed.full_size(100, 80), imaging.upsample(framed.probabilities, 100, 80))

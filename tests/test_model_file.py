@@ -48,6 +48,10 @@ def test_missing_or_malformed_cards_are_refused(tmp_path, graph, case, card_text
     ({"input": {"intensity": "magic"}}, "input.intensity 'magic'"),
     ({"input": {"lung_crop_margin": 1.5}}, "input.lung_crop_margin 1.5 is not null or a number in 0..1"),
     ({"input": {"lung_crop_margin": "0.1"}}, "input.lung_crop_margin '0.1' is not null or a number"),
+    ({"input": {"lung_crop_margin": True}}, "input.lung_crop_margin True is not null or a number"),
+    ({"input": {"lung_crop_margin": float("nan")}}, "input.lung_crop_margin nan is not null or a number"),
+    ({"training_data": {"lung_box_share_range": [0.5, 0.2]}}, r"lung_box_share_range \[0.5, 0.2\] is not an ordered"),
+    ({"training_data": {"lung_box_share_range": "wide"}}, "malformed field"),
 ])
 def test_a_card_that_disagrees_with_the_graph_is_refused(tmp_path, tiny_model, graph, change, message):
     card = tiny_card(tiny_model, **change)
@@ -56,12 +60,15 @@ def test_a_card_that_disagrees_with_the_graph_is_refused(tmp_path, tiny_model, g
         load_model(path)
 
 
-def test_the_lung_crop_margin_comes_from_the_card_and_older_cards_mean_one_pass(tmp_path, tiny_model, graph):
+def test_pass_count_and_qa_range_come_from_the_card_and_older_cards_keep_their_meaning(tmp_path, tiny_model, graph):
     with_margin = tiny_card(tiny_model, input={"lung_crop_margin": 0.1})
-    assert load_model(write(tmp_path / "two.onnx", graph, json.dumps(with_margin))).lung_crop_margin == 0.1
-    older = tiny_card(tiny_model)
-    del older["input"]["lung_crop_margin"]  # cards written before the second pass existed
-    assert load_model(write(tmp_path / "one.onnx", graph, json.dumps(older))).lung_crop_margin is None
+    model = load_model(write(tmp_path / "two.onnx", graph, json.dumps(with_margin)))
+    assert model.lung_crop_margin == 0.1 and model.lung_box_share_range == (0.21, 0.46)
+    older = tiny_card(tiny_model, format="lungseg-model-card/2")
+    del older["input"]["lung_crop_margin"]  # /2 cards, written before the second pass existed: one pass
+    del older["training_data"]["lung_box_share_range"]  # ... and QA on the lungs' share of the film
+    model = load_model(write(tmp_path / "one.onnx", graph, json.dumps(older)))
+    assert model.lung_crop_margin is None and model.lung_box_share_range is None
 
 
 def test_truncated_and_non_onnx_files_are_refused_in_one_line(tmp_path, tiny_onnx, capsys):

@@ -127,7 +127,7 @@ def test_a_model_whose_card_asks_for_a_second_pass_segments_a_small_thorax_at_fu
 
     class BrightIsLung:  # the runtime's view of a model: a card's settings and a run function
         image_size, intensity, threshold, postprocess = 32, "none", 0.5, True
-        lung_fraction_range = (0.05, 0.6)
+        lung_fraction_range, lung_box_share_range = (0.05, 0.6), None
 
         def __init__(self, lung_crop_margin):
             self.inputs, self.lung_crop_margin = [], lung_crop_margin

@@ -173,7 +173,7 @@ def test_an_unexpected_failure_of_one_file_is_its_row_and_the_batch_goes_on(fold
     """In the model run (the main loop) or in making the results (a worker thread)."""
     from lungseg.runtime import predict as predict_module
 
-    owner, name = ((predict_module.Segmenter, "model_probabilities") if failing == "model run"
+    owner, name = ((predict_module.Segmenter, "framed_probabilities") if failing == "model run"
                    else (predict_module, "outline_overlay"))
     real = getattr(owner, name)
 

@@ -45,3 +45,23 @@ def test_uncertain_and_implausible_masks_are_flagged():
     assert "low_confidence" in flags and "uncertain_boundary" in flags
     huge = np.ones((100, 100), dtype=bool)
     assert "lung_fraction_outside_0.08-0.44" in qa.describe(huge, confident(huge), 0.5, RANGE)["qa_flags"]
+
+
+BOX_RANGE = (0.21, 0.46)  # the shipped training masks' lung share of their own widened box
+
+
+def test_the_box_share_check_ignores_framing_but_catches_blobs_single_lungs_and_specks():
+    film = np.zeros((400, 400), dtype=bool)
+    film[150:210, 140:170] = film[150:210, 220:250] = True  # two lungs, the thorax in a quarter of the film
+    probabilities = confident(film)
+    share = qa.describe(film, probabilities, 0.5, RANGE, (1800, 1800), BOX_RANGE)
+    assert share["qa_flags"] == "" and share["lung_box_share"] == 0.3788  # 3600 of 72 x 132 box pixels
+    assert "lung_fraction_outside" in qa.describe(film, probabilities, 0.5, RANGE, (1800, 1800))["qa_flags"]
+    blob = np.ones((100, 100), dtype=bool)
+    single = np.zeros((100, 100), dtype=bool)
+    single[20:80, 10:40] = True
+    specks = np.zeros((100, 100), dtype=bool)
+    specks[5:9, 5:9] = specks[90:94, 90:94] = True
+    for mask in (blob, single, specks):
+        flags = qa.describe(mask, confident(mask), 0.5, RANGE, None, BOX_RANGE)["qa_flags"]
+        assert "lung_box_share_outside_0.21-0.46" in flags, flags

@@ -173,6 +173,14 @@ def lung_fraction_range(rows: pd.DataFrame) -> tuple[float, float]:
     return float(rows["lung_fraction"].min()), float(rows["lung_fraction"].max())
 
 
+def lung_box_share_range(rows: pd.DataFrame) -> tuple[float, float]:
+    """The smallest and largest share of lung in its own widened bounding box over the rows' masks
+    (imaging.lung_box_share; the model card's framing-independent plausibility range)."""
+    shares = [imaging.lung_box_share(read_mask(path)) for path in rows["mask_path"]]
+    shares = [share for share in shares if share is not None]
+    return float(min(shares)), float(max(shares))
+
+
 def source_description(folder: Path) -> dict:
     """A source folder's SOURCE.md front matter (between '---' lines): name, licence, citation, ...;
     {"licence": "not stated"} when the folder has none."""

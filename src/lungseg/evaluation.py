@@ -26,7 +26,7 @@ class Inference:
     threshold: float
     postprocess: bool
     batch_size: int = 16
-    lung_crop_margin: float | None = None  # a second pass on the lungs' box (imaging.predict_framed); None: one
+    lung_crop_margin: float | None = None  # None: one pass; a number: a second on the lungs' box (predict_framed)
 
     def segment(self, images: list[np.ndarray], postprocess: bool | None = None) -> list[np.ndarray]:
         return imaging.segment(images, self.run_model, self.image_size, self.intensity, self.threshold,

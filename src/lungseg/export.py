@@ -56,8 +56,9 @@ def write_model(path: str | Path, graph: onnx.ModelProto) -> None:
 
 
 def parity(onnx_path: str | Path, torch_inference: Inference, images: list[np.ndarray]) -> dict[str, float]:
-    """Largest |logit| difference at model resolution, and the share of full-size mask pixels that agree,
-    between ONNX Runtime running `onnx_path` and PyTorch running the same model."""
+    """Largest |logit| difference at model resolution on the whole images (the first pass), and the share of
+    full-size mask pixels that agree after every pass, between ONNX Runtime running `onnx_path` and PyTorch running
+    the same model."""
     session = create_session(onnx_path)
     onnx_run = lambda inputs: session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0][:, 0]  # noqa: E731
     onnx_inference = dataclasses.replace(torch_inference, run_model=onnx_run)  # every other setting the same
@@ -92,7 +93,8 @@ def package_versions() -> dict[str, str]:
 
 
 def model_card(inference: Inference, in_channels: int, input_mean: float, input_std: float,
-               lung_fraction_range: tuple[float, float], data_sources: list[dict], training_params: dict,
+               lung_fraction_range: tuple[float, float], lung_box_share_range: tuple[float, float],
+               data_sources: list[dict], training_params: dict,
                test_metrics: dict, git_commit: str, weights_sha256: str, mlflow_run_id: str | None = None) -> dict:
     """Everything a consumer needs to run the ONNX model correctly, and where it came from."""
     size = inference.image_size
@@ -116,11 +118,14 @@ def model_card(inference: Inference, in_channels: int, input_mean: float, input_
             "lung_crop_margin": inference.lung_crop_margin,
             "lung_crop": (
                 "none: one pass on the whole image" if inference.lung_crop_margin is None else
-                f"two passes: the whole image, then the bounding box of the first pass's mask (two largest regions), "
-                f"widened by {inference.lung_crop_margin:g} x its height and width on each side and clipped to the "
-                f"image, cut from the full-resolution image and preprocessed as above; the second pass's "
-                f"probabilities, resized to the box, are the result inside it and 0 outside (an image where the "
-                f"first pass finds no lung keeps the first pass)"
+                f"two passes: the whole image, then a box cut from the full-resolution image and preprocessed as "
+                f"above. The box: the first pass's probability > threshold at the model's size, its two largest "
+                f"8-connected regions with holes filled, their bounding rows and columns r0..r1 and c0..c1 mapped to "
+                f"the image as r0 * H / S to (r1 + 1) * H / S and c0 * W / S to (c1 + 1) * W / S, widened by "
+                f"{inference.lung_crop_margin:g} x its height and width on each side, rounded outwards (floor, "
+                f"ceil) and clipped to the image. The second pass's probabilities, resized to the box, are the "
+                f"result inside it and 0 outside. An image keeps its first pass where that finds no lung or the "
+                f"second finds none above the threshold"
             ),
             "normalisation": {"inside_model": True, "formula": "(x - mean) / std", "mean": input_mean,
                               "std": input_std},
@@ -138,7 +143,8 @@ def model_card(inference: Inference, in_channels: int, input_mean: float, input_
             ),
             "resize": imaging.UPSAMPLE,
         },
-        "training_data": {"lung_fraction_range": list(lung_fraction_range), "sources": data_sources},
+        "training_data": {"lung_fraction_range": list(lung_fraction_range),
+                          "lung_box_share_range": list(lung_box_share_range), "sources": data_sources},
         "training_params": training_params,
         "test_metrics": test_metrics,
         "code_version": {"git_commit": git_commit, "weights_sha256": weights_sha256,

@@ -6,7 +6,7 @@ Pure NumPy/OpenCV, no torch, so the deployed ONNX predictor applies exactly the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import cv2
 import numpy as np
@@ -121,32 +121,39 @@ def predict_probabilities(
     return probabilities
 
 
-@dataclass(frozen=True)
-class Framed:
-    """The model's (S, S) lung probabilities for one region of an image: rows top..bottom-1, columns
-    left..right-1 (the whole image, or the lungs' neighbourhood after a first pass)."""
+class Box(NamedTuple):
+    """A region of an image: rows top..bottom-1, columns left..right-1."""
 
-    probabilities: np.ndarray
     top: int
     bottom: int
     left: int
     right: int
 
+
+@dataclass(frozen=True)
+class Framed:
+    """The model's (S, S) lung probabilities for one region of an image (the whole image, or the lungs'
+    neighbourhood after a first pass)."""
+
+    probabilities: np.ndarray
+    box: Box
+
     def full_size(self, height: int, width: int) -> np.ndarray:
         """(height, width) probabilities: the region's upsampled into place, 0 outside it."""
-        region = upsample(self.probabilities, self.bottom - self.top, self.right - self.left)
+        top, bottom, left, right = self.box
+        region = upsample(self.probabilities, bottom - top, right - left)
         if region.shape == (height, width):
             return region
         canvas = np.zeros((height, width), np.float32)
-        canvas[self.top : self.bottom, self.left : self.right] = region
+        canvas[top:bottom, left:right] = region
         return canvas
 
 
-def lung_box(probabilities: np.ndarray, threshold: float, margin: float, height: int, width: int
-             ) -> tuple[int, int, int, int] | None:
-    """(top, bottom, left, right) in a (height, width) image around the two largest lung regions of its
-    (S, S) probabilities, widened by `margin` x the box's height and width on each side and clipped to the image;
-    None when no lung was found."""
+def lung_box(probabilities: np.ndarray, threshold: float, margin: float, height: int, width: int) -> Box | None:
+    """The box in a (height, width) image around the two largest lung regions (8-connected, holes filled) of its
+    (S, S) probabilities: found at the probabilities' resolution, scaled by height/S and width/S, widened by
+    `margin` x its height and width on each side, rounded outwards and clipped to the image. None when no lung
+    was found."""
     mask = keep_lungs(probabilities > threshold)
     if not mask.any():
         return None
@@ -155,8 +162,21 @@ def lung_box(probabilities: np.ndarray, threshold: float, margin: float, height:
     top, bottom = rows[0] * scale_y, (rows[-1] + 1) * scale_y
     left, right = columns[0] * scale_x, (columns[-1] + 1) * scale_x
     grow_y, grow_x = margin * (bottom - top), margin * (right - left)
-    return (max(0, int(top - grow_y)), min(height, int(np.ceil(bottom + grow_y))),
-            max(0, int(left - grow_x)), min(width, int(np.ceil(right + grow_x))))
+    return Box(max(0, int(top - grow_y)), min(height, int(np.ceil(bottom + grow_y))),
+               max(0, int(left - grow_x)), min(width, int(np.ceil(right + grow_x))))
+
+
+BOX_SHARE_MARGIN = 0.1  # the lung box of lung_box_share, widened as the default second pass widens it
+
+
+def lung_box_share(mask: np.ndarray) -> float | None:
+    """The share of lung in the mask's own lung box (two largest regions, widened by BOX_SHARE_MARGIN per side):
+    how lung-shaped a mask is whatever part of the film the thorax fills. None for an empty mask."""
+    box = lung_box(mask.astype(np.float32), 0.5, BOX_SHARE_MARGIN, *mask.shape)
+    if box is None:
+        return None
+    top, bottom, left, right = box
+    return float(mask[top:bottom, left:right].mean())
 
 
 def predict_framed(
@@ -168,16 +188,19 @@ def predict_framed(
     With a lung_crop_margin, a second pass: the model runs again on the lungs' box from the first pass, widened by
     the margin, cut from the full-resolution image. The lungs then fill the model's input whether the thorax
     fills the film or half of it, so a small thorax gets the input's resolution instead of a fraction of it. An
-    image where the first pass finds no lung keeps its first pass.
+    image keeps its first pass where that finds no lung, or where the second finds none in the box (a speck
+    magnified to the whole input).
     """
     first = predict_probabilities(images, run_model, image_size, intensity, batch_size)
-    whole = [Framed(p, 0, image.shape[0], 0, image.shape[1]) for p, image in zip(first, images)]
+    whole = [Framed(p, Box(0, image.shape[0], 0, image.shape[1])) for p, image in zip(first, images)]
     if lung_crop_margin is None:
         return whole
     boxes = [lung_box(p, threshold, lung_crop_margin, *image.shape) for p, image in zip(first, images)]
-    crops = [image[box[0] : box[1], box[2] : box[3]] for image, box in zip(images, boxes) if box is not None]
+    crops = [image[box.top : box.bottom, box.left : box.right] for image, box in zip(images, boxes)
+             if box is not None]
     second = iter(predict_probabilities(crops, run_model, image_size, intensity, batch_size))
-    return [Framed(next(second), *box) if box is not None else framed for framed, box in zip(whole, boxes)]
+    framed = [Framed(next(second), box) if box is not None else one for one, box in zip(whole, boxes)]
+    return [two if (two.probabilities > threshold).any() else one for one, two in zip(whole, framed)]
 
 
 def to_mask(probabilities: np.ndarray, threshold: float, postprocess: bool) -> np.ndarray:

@@ -21,7 +21,9 @@ if TYPE_CHECKING:  # ONNX Runtime is imported when a model is loaded, so `lungse
 
 DEFAULT_MODEL_PATH = Path("models/model.onnx")  # where `dvc repro` exports it
 CARD_KEY = "lungseg.card"
-CARD_FORMAT = "lungseg-model-card/2"
+CARD_FORMAT = "lungseg-model-card/3"
+# /2 cards have no input.lung_crop_margin nor training_data.lung_box_share_range: one pass, film-fraction QA.
+READABLE_CARD_FORMATS = (CARD_FORMAT, "lungseg-model-card/2")
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 INTENSITY_METHODS = ("none", "equalize_histogram", "equalize_adaptive")
 
@@ -74,7 +76,7 @@ def check_card(card: object, session: ort.InferenceSession, path: Path) -> dict:
     """The card, if it is well formed and describes this graph; else ModelError naming the disagreement."""
     if not isinstance(card, dict):
         raise _refuse(path, "model card is not a JSON object")
-    if card.get("format") != CARD_FORMAT:
+    if card.get("format") not in READABLE_CARD_FORMATS:
         raise _refuse(path, f"model card format {card.get('format')!r} is not {CARD_FORMAT!r}; re-export the "
                             f"model with this lungseg version (dvc repro export)")
     try:
@@ -84,7 +86,10 @@ def check_card(card: object, session: ort.InferenceSession, path: Path) -> dict:
         low, high = (float(v) for v in card["training_data"]["lung_fraction_range"])
         intensity = spec["intensity"]
         postprocess = out["postprocess"]
-        crop_margin = spec.get("lung_crop_margin")  # absent in cards written before the second pass: one pass
+        crop_margin = spec.get("lung_crop_margin")  # absent in /2 cards: one pass
+        box_share = card["training_data"].get("lung_box_share_range")  # absent in /2 cards: film-fraction QA
+        if box_share is not None:
+            box_low, box_high = (float(v) for v in box_share)
     except (KeyError, IndexError, TypeError, ValueError) as err:
         raise _refuse(path, f"model card is missing or has a malformed field ({type(err).__name__}: {err})") from None
     inputs, outputs = session.get_inputs(), session.get_outputs()
@@ -106,6 +111,8 @@ def check_card(card: object, session: ort.InferenceSession, path: Path) -> dict:
         raise _refuse(path, f"card input.lung_crop_margin {crop_margin!r} is not null or a number in 0..1")
     if not 0 <= low <= high <= 1:
         raise _refuse(path, f"card lung_fraction_range [{low}, {high}] is not an ordered range in 0..1")
+    if box_share is not None and not 0 <= box_low <= box_high <= 1:
+        raise _refuse(path, f"card lung_box_share_range [{box_low}, {box_high}] is not an ordered range in 0..1")
     if intensity not in INTENSITY_METHODS:
         raise _refuse(path, f"card input.intensity {intensity!r} is not one of {', '.join(INTENSITY_METHODS)}")
     return card
@@ -155,6 +162,11 @@ class Model:
     def lung_crop_margin(self) -> float | None:
         margin = self.card["input"].get("lung_crop_margin")
         return None if margin is None else float(margin)
+
+    @property
+    def lung_box_share_range(self) -> tuple[float, float] | None:
+        share = self.card["training_data"].get("lung_box_share_range")
+        return None if share is None else (float(share[0]), float(share[1]))
 
     @property
     def lung_fraction_range(self) -> tuple[float, float]:

@@ -41,7 +41,7 @@ EXTRA_OUTPUTS = {"labels": "_labels.png", "overlay": "_overlay.png", "probabilit
                  "seg": ".seg.dcm"}
 REPORT_COLUMNS = [
     "file", "status", "mask", "labels", "overlay", "probability", "seg", "width", "height", "source_format",
-    "bits_stored", "lung_fraction", "regions", "right_lung_pixels", "left_lung_pixels", "right_left_ratio",
+    "bits_stored", "lung_fraction", "lung_box_share", "regions", "right_lung_pixels", "left_lung_pixels", "right_left_ratio",
     "right_lung_cm2", "left_lung_cm2", "pixel_spacing_mm", "pixel_spacing_source", "laterality_assumed",
     "mean_confidence", "uncertain_share", "qa_flags", "needs_review", "Modality", "ViewPosition",
     "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
@@ -76,7 +76,7 @@ class Segmenter:
     def provider(self) -> str:
         return self.model.provider
 
-    def model_probabilities(self, pixels: np.ndarray) -> imaging.Framed:
+    def framed_probabilities(self, pixels: np.ndarray) -> imaging.Framed:
         """The model's part: gray (H, W) -> lung probabilities at the model's size and the region they cover."""
         return imaging.predict_framed([pixels], self.model.run, self.model.image_size, self.model.intensity,
                                       self.model.threshold, self.model.lung_crop_margin, batch_size=1)[0]
@@ -89,11 +89,11 @@ class Segmenter:
         labels = lungs.label_lungs(mask, right_on_left)
         area = lungs.areas(labels, xray.dicom.get("pixel_spacing_mm"))
         checks = qa.describe(mask, framed.probabilities, self.model.threshold, self.model.lung_fraction_range,
-                             (area["right_lung_pixels"], area["left_lung_pixels"]))
+                             (area["right_lung_pixels"], area["left_lung_pixels"]), self.model.lung_box_share_range)
         return Prediction(mask, labels, probabilities, {**area, "laterality_assumed": assumed, **checks})
 
     def predict(self, xray: Xray) -> Prediction:
-        return self.complete(xray, self.model_probabilities(xray.pixels))
+        return self.complete(xray, self.framed_probabilities(xray.pixels))
 
 
 def outline_overlay(pixels: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -320,7 +320,7 @@ def predict_files(segmenter: Segmenter, jobs: list[Job], output_dir: str | Path,
                 results.append((job, {"status": f"error: {xray}"}))
             else:
                 try:
-                    framed = segmenter.model_probabilities(xray.pixels)
+                    framed = segmenter.framed_probabilities(xray.pixels)
                 except Exception as err:  # one file's unexpected problem never ends the batch
                     results.append((job, _unexpected(job, err)))
                     continue
