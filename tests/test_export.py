@@ -84,3 +84,25 @@ def test_model_card_has_every_field(tiny_onnx):
     provenance = card["code_version"]
     assert len(provenance["git_commit"]) == 40 and len(provenance["weights_sha256"]) == 64
     assert {"torch", "onnx", "onnxruntime", "lungseg", "python"} <= set(provenance["exported_with"])
+
+
+def test_parity_compares_logits_on_the_second_pass_inputs_too(tmp_path):
+    import torch
+
+    from lungseg.evaluation import Inference
+    from lungseg.model import torch_runner
+
+    class BrightIsLung(torch.nn.Module):
+        def forward(self, x):
+            return (x - 0.5) * 8.0
+
+    onnx_path = tmp_path / "bright.onnx"
+    export.write_model(onnx_path, export.export_graph(BrightIsLung(), 32, 1, opset=18))
+    film = np.zeros((400, 320), np.uint8)
+    film[150:250, 100:150] = film[150:250, 170:220] = 230
+    inference = Inference(torch_runner(BrightIsLung()), 32, "none", 0.5, True, 8, lung_crop_margin=0.1)
+    seen = []
+    run = inference.run_model
+    inference = dataclasses.replace(inference, run_model=lambda inputs: seen.append(len(inputs)) or run(inputs))
+    export.parity(onnx_path, inference, [film])
+    assert 2 in seen  # the whole film and its lung box, compared in one batch

@@ -56,13 +56,18 @@ def write_model(path: str | Path, graph: onnx.ModelProto) -> None:
 
 
 def parity(onnx_path: str | Path, torch_inference: Inference, images: list[np.ndarray]) -> dict[str, float]:
-    """Largest |logit| difference at model resolution on the whole images (the first pass), and the share of
-    full-size mask pixels that agree after every pass, between ONNX Runtime running `onnx_path` and PyTorch running
-    the same model."""
+    """Largest |logit| difference at model resolution over the inputs of both passes (the whole images and the
+    lung boxes PyTorch's first pass chose), and the share of full-size mask pixels that agree after every pass,
+    between ONNX Runtime running `onnx_path` and PyTorch running the same model."""
     session = create_session(onnx_path)
     onnx_run = lambda inputs: session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0][:, 0]  # noqa: E731
     onnx_inference = dataclasses.replace(torch_inference, run_model=onnx_run)  # every other setting the same
-    inputs = imaging.model_input(images, torch_inference.image_size, torch_inference.intensity)
+    framed = imaging.predict_framed(images, torch_inference.run_model, torch_inference.image_size,
+                                    torch_inference.intensity, torch_inference.threshold,
+                                    torch_inference.lung_crop_margin, torch_inference.batch_size)
+    crops = [image[f.box.top : f.box.bottom, f.box.left : f.box.right] for f, image in zip(framed, images)
+             if f.box != (0, image.shape[0], 0, image.shape[1])]
+    inputs = imaging.model_input(images + crops, torch_inference.image_size, torch_inference.intensity)
     logit_diff = np.abs(onnx_run(inputs) - torch_inference.run_model(inputs)).max()
     onnx_masks, torch_masks = onnx_inference.segment(images), torch_inference.segment(images)
     agree = sum(int((a == b).sum()) for a, b in zip(onnx_masks, torch_masks))
