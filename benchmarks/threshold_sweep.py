@@ -42,7 +42,8 @@ def main() -> None:
             full = model_view.full_size(*pixels.shape)
             for index, threshold in enumerate(args.thresholds):
                 scores = score_masks(imaging.to_mask(full, threshold, inference.postprocess), truth)
-                counts[index, index_in_split] = [scores["intersection"], scores["truth_pixels"], scores["predicted_pixels"]]
+                counts[index, index_in_split] = [scores["intersection"], scores["truth_pixels"],
+                                                 scores["predicted_pixels"]]
         for index, threshold in enumerate(args.thresholds):
             dice = iou_dice(counts[index].sum(0))[1]
             worst = summarize(iou_dice(counts[index])[1])["worst5pct"]

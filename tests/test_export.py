@@ -33,7 +33,10 @@ def test_onnx_runtime_matches_pytorch_on_real_images(tiny_onnx, tiny_model):
     export.check_parity(result, max_logit_diff=1e-3, min_mask_agreement=0.9999)
 
 
-def test_parity_runs_onnx_with_the_same_second_pass_as_pytorch(tmp_path):
+@pytest.fixture
+def bright_is_lung(tmp_path):
+    """A stand-in model exported to ONNX (lung wherever the input is bright), its PyTorch inference with a second
+    pass, and a film whose small thorax the second pass changes: (onnx path, inference, film)."""
     import torch
 
     from lungseg.evaluation import Inference
@@ -46,8 +49,12 @@ def test_parity_runs_onnx_with_the_same_second_pass_as_pytorch(tmp_path):
     onnx_path = tmp_path / "bright.onnx"
     export.write_model(onnx_path, export.export_graph(BrightIsLung(), 32, 1, opset=18))
     film = np.zeros((400, 320), np.uint8)
-    film[150:250, 100:150] = film[150:250, 170:220] = 230  # a small thorax: the second pass changes the mask
-    inference = Inference(torch_runner(BrightIsLung()), 32, "none", 0.5, True, 8, lung_crop_margin=0.1)
+    film[150:250, 100:150] = film[150:250, 170:220] = 230
+    return onnx_path, Inference(torch_runner(BrightIsLung()), 32, "none", 0.5, True, 8, lung_crop_margin=0.1), film
+
+
+def test_parity_runs_onnx_with_the_same_second_pass_as_pytorch(bright_is_lung):
+    onnx_path, inference, film = bright_is_lung
     one_pass = dataclasses.replace(inference, lung_crop_margin=None)
     assert (inference.segment([film])[0] != one_pass.segment([film])[0]).mean() > 0.001
     assert export.parity(onnx_path, inference, [film, film[::-1]])["export/mask_agreement"] > 0.9999
@@ -86,21 +93,8 @@ def test_model_card_has_every_field(tiny_onnx):
     assert {"torch", "onnx", "onnxruntime", "lungseg", "python"} <= set(provenance["exported_with"])
 
 
-def test_parity_compares_logits_on_the_second_pass_inputs_too(tmp_path):
-    import torch
-
-    from lungseg.evaluation import Inference
-    from lungseg.model import torch_runner
-
-    class BrightIsLung(torch.nn.Module):
-        def forward(self, x):
-            return (x - 0.5) * 8.0
-
-    onnx_path = tmp_path / "bright.onnx"
-    export.write_model(onnx_path, export.export_graph(BrightIsLung(), 32, 1, opset=18))
-    film = np.zeros((400, 320), np.uint8)
-    film[150:250, 100:150] = film[150:250, 170:220] = 230
-    inference = Inference(torch_runner(BrightIsLung()), 32, "none", 0.5, True, 8, lung_crop_margin=0.1)
+def test_parity_compares_logits_on_the_second_pass_inputs_too(bright_is_lung):
+    onnx_path, inference, film = bright_is_lung
     seen = []
     run = inference.run_model
     inference = dataclasses.replace(inference, run_model=lambda inputs: seen.append(len(inputs)) or run(inputs))

@@ -41,10 +41,10 @@ EXTRA_OUTPUTS = {"labels": "_labels.png", "overlay": "_overlay.png", "probabilit
                  "seg": ".seg.dcm"}
 REPORT_COLUMNS = [
     "file", "status", "mask", "labels", "overlay", "probability", "seg", "width", "height", "source_format",
-    "bits_stored", "lung_fraction", "lung_box_share", "regions", "right_lung_pixels", "left_lung_pixels", "right_left_ratio",
-    "right_lung_cm2", "left_lung_cm2", "pixel_spacing_mm", "pixel_spacing_source", "laterality_assumed",
-    "mean_confidence", "uncertain_share", "qa_flags", "needs_review", "Modality", "ViewPosition",
-    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+    "bits_stored", "lung_fraction", "lung_box_share", "regions", "right_lung_pixels", "left_lung_pixels",
+    "right_left_ratio", "right_lung_cm2", "left_lung_cm2", "pixel_spacing_mm", "pixel_spacing_source",
+    "laterality_assumed", "mean_confidence", "uncertain_share", "qa_flags", "needs_review", "Modality",
+    "ViewPosition", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
 ]
 PATIENT_COLUMNS = ["PatientID", "PatientName", "AccessionNumber"]
 REPORT = "report.csv"
