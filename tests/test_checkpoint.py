@@ -82,3 +82,18 @@ def test_checkpoints_from_before_newer_params_load_as_they_were_made(tmp_path):
     checkpoint.save(path, {"model": {}, "epoch": 15, "config": "not a mapping", "in_channels": 1})
     with pytest.raises(checkpoint.CheckpointError, match="best.pt: not a lungseg checkpoint"):
         checkpoint.load(path)
+
+
+def test_a_failed_save_keeps_the_old_file_and_leaves_no_partial_one(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save(path, {"epoch": 1})
+
+    def disk_full(content, file):
+        file.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        checkpoint.save(path, {"epoch": 2})
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    assert checkpoint.load_raw(path)["epoch"] == 1

@@ -1,6 +1,7 @@
 """The GPU check's dry run (2 epochs, 64 px, a few images, CPU) goes through every step the real check takes,
 so the script cannot rot between the sessions that have a GPU."""
 import json
+import os
 import subprocess
 import sys
 
@@ -12,10 +13,14 @@ pytestmark = pytest.mark.e2e
 
 
 def test_the_dry_run_trains_scores_and_exports_both_recipes(tmp_path):
+    scratch = tmp_path / "scratch"  # the check's own temporary folder, which must not outlive it
+    scratch.mkdir()
     result = subprocess.run([sys.executable, str(REPO / "tools" / "gpu_check.py"), "--dry-run", "--out",
                              str(tmp_path), "--wheels", str(tmp_path / "no-wheels")],
-                            cwd=REPO, capture_output=True, text=True, timeout=1200)
+                            cwd=REPO, capture_output=True, text=True, timeout=1200,
+                            env={**os.environ, "TMPDIR": str(scratch)})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert not list(scratch.glob("lungseg-gpu-check-*")), "the check left its checkpoints behind"
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert set(report["recipes"]) == {"paper-resnet101", "lungseg-resnet101-gpu"}
     for measured in report["recipes"].values():

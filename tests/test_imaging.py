@@ -134,3 +134,15 @@ def test_without_a_margin_there_is_one_pass_over_the_whole_image():
     framed = imaging.predict_framed([image], _bright_is_lung(calls), 32, "none", 0.5, None, 8)[0]
     assert len(calls) == 1 and tuple(framed.box) == (0, 100, 0, 80)
     assert np.array_equal(framed.full_size(100, 80), imaging.upsample(framed.probabilities, 100, 80))
+
+
+def test_the_lung_box_holds_the_two_largest_regions_and_not_a_speck():
+    probabilities = np.zeros((64, 64), np.float32)
+    probabilities[10:50, 8:28] = probabilities[12:52, 36:56] = 1.0  # two lungs
+    probabilities[20:30, 12:20] = 0.0  # a hole in one: moves no edge
+    probabilities[60:62, 60:62] = 1.0  # a speck far away, outside the box
+    assert imaging.lung_box(probabilities, 0.5, 0.0, 64, 64) == (10, 52, 8, 56)
+    mask = probabilities > 0.5
+    share = imaging.lung_box_share(mask, imaging.region_stats(mask))
+    # Widened by 10% of 42 x 48 per side, rounded outwards: rows 5..56, columns 3..60.
+    assert share == np.count_nonzero(mask[5:57, 3:61]) / (52 * 58)

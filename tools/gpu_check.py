@@ -223,8 +223,14 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     sys.stdout = Tee(args.out / "gpu_check.log")
+    # The working folder holds four checkpoints (about 2.4 GB): gone when the check ends, however it ends.
+    with tempfile.TemporaryDirectory(prefix="lungseg-gpu-check-") as work:
+        return run_check(args, Path(work))
+
+
+def run_check(args: argparse.Namespace, work: Path) -> int:
+    """Every step of the check, with `work` as scratch space; the results go to args.out."""
     started = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="lungseg-gpu-check-"))
     installed = install_wheels(args.wheels, work / "site") if args.wheels.is_dir() else []
     sys.path.insert(0, str(REPO / "src"))
     import yaml

@@ -57,7 +57,11 @@ def save(path: str | Path, content: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
-        torch.save(content, tmp)
+        try:
+            torch.save(content, tmp)
+        except BaseException:  # a full disk or Ctrl-C: no half-written file of hundreds of MB left beside it
+            Path(tmp.name).unlink(missing_ok=True)
+            raise
     os.replace(tmp.name, path)
 
 

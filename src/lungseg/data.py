@@ -109,6 +109,7 @@ def validate_pair(pair: Pair) -> dict:
         "source": pair.source,
         "label": label_from_name(pair.name),
         "lung_fraction": lung_fraction,
+        "lung_box_share": imaging.lung_box_share(mask, imaging.region_stats(mask)),
         "height": image.shape[0],
         "width": image.shape[1],
         "image_path": str(pair.image_path),
@@ -176,9 +177,7 @@ def lung_fraction_range(rows: pd.DataFrame) -> tuple[float, float]:
 def lung_box_share_range(rows: pd.DataFrame) -> tuple[float, float]:
     """The smallest and largest share of lung in its own widened bounding box over the rows' masks
     (imaging.lung_box_share; the model card's framing-independent plausibility range)."""
-    shares = [imaging.lung_box_share(read_mask(path)) for path in rows["mask_path"]]
-    shares = [share for share in shares if share is not None]
-    return float(min(shares)), float(max(shares))
+    return float(rows["lung_box_share"].min()), float(rows["lung_box_share"].max())
 
 
 def source_description(folder: Path) -> dict:

@@ -69,7 +69,8 @@ def parity(onnx_path: str | Path, torch_inference: Inference, images: list[np.nd
              if f.box != (0, image.shape[0], 0, image.shape[1])]
     inputs = imaging.model_input(images + crops, torch_inference.image_size, torch_inference.intensity)
     logit_diff = np.abs(onnx_run(inputs) - torch_inference.run_model(inputs)).max()
-    onnx_masks, torch_masks = onnx_inference.segment(images), torch_inference.segment(images)
+    torch_masks = imaging.framed_masks(framed, images, torch_inference.threshold, torch_inference.postprocess)
+    onnx_masks = onnx_inference.segment(images)
     agree = sum(int((a == b).sum()) for a, b in zip(onnx_masks, torch_masks))
     return {
         "export/max_logit_diff": float(logit_diff),

@@ -8,7 +8,8 @@ import pandas as pd
 from lungseg.errors import UserError
 from lungseg.runtime import files
 
-MANIFEST_COLUMNS = ["name", "source", "label", "split", "lung_fraction", "height", "width", "image_path", "mask_path"]
+MANIFEST_COLUMNS = ["name", "source", "label", "split", "lung_fraction", "lung_box_share", "height", "width",
+                    "image_path", "mask_path"]
 
 
 class ManifestError(UserError, ValueError):

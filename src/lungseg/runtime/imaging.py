@@ -82,6 +82,21 @@ def regions(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, areas
 
 
+class Regions(NamedTuple):
+    """8-connected regions of a mask, without the label image: areas (N,) and bounding boxes (N, 4) as
+    top, bottom, left, right (bottom and right exclusive), regions 1..N."""
+
+    areas: np.ndarray
+    boxes: np.ndarray
+
+
+def region_stats(mask: np.ndarray) -> Regions:
+    _, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    x, y, w, h = (stats[1:, column] for column in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH,
+                                                     cv2.CC_STAT_HEIGHT))
+    return Regions(stats[1:, cv2.CC_STAT_AREA], np.stack([y, y + h, x, x + w], axis=1))
+
+
 def regions_with_centres(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """regions() and the column of each region's centre (regions 1..N)."""
     _, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
@@ -154,13 +169,27 @@ def lung_box(probabilities: np.ndarray, threshold: float, margin: float, height:
     (S, S) probabilities: found at the probabilities' resolution, scaled by height/S and width/S, widened by
     `margin` x its height and width on each side, rounded outwards and clipped to the image. None when no lung
     was found."""
-    mask = keep_lungs(probabilities > threshold)
-    if not mask.any():
+    lungs = largest_regions_box(region_stats(probabilities > threshold))
+    if lungs is None:
         return None
-    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    scale_y, scale_x = height / mask.shape[0], width / mask.shape[1]
-    top, bottom = rows[0] * scale_y, (rows[-1] + 1) * scale_y
-    left, right = columns[0] * scale_x, (columns[-1] + 1) * scale_x
+    scale_y, scale_x = height / probabilities.shape[0], width / probabilities.shape[1]
+    return widened(Box(*(side * scale for side, scale in zip(lungs, (scale_y, scale_y, scale_x, scale_x)))),
+                   margin, height, width)
+
+
+def largest_regions_box(regions: Regions, count: int = 2) -> Box | None:
+    """The bounding box of the `count` largest regions (the lungs after keep_lungs, whose hole filling moves no
+    box edge); None without regions."""
+    if not len(regions.areas):
+        return None
+    boxes = regions.boxes[np.argsort(regions.areas)[::-1][:count]]
+    return Box(int(boxes[:, 0].min()), int(boxes[:, 1].max()), int(boxes[:, 2].min()), int(boxes[:, 3].max()))
+
+
+def widened(box: Box, margin: float, height: int, width: int) -> Box:
+    """`box` (fractional edges allowed) widened by `margin` x its height and width on each side, rounded
+    outwards, clipped to a (height, width) image."""
+    top, bottom, left, right = box
     grow_y, grow_x = margin * (bottom - top), margin * (right - left)
     return Box(max(0, int(top - grow_y)), min(height, int(np.ceil(bottom + grow_y))),
                max(0, int(left - grow_x)), min(width, int(np.ceil(right + grow_x))))
@@ -169,14 +198,15 @@ def lung_box(probabilities: np.ndarray, threshold: float, margin: float, height:
 BOX_SHARE_MARGIN = 0.1  # the lung box of lung_box_share, widened as the default second pass widens it
 
 
-def lung_box_share(mask: np.ndarray) -> float | None:
-    """The share of lung in the mask's own lung box (two largest regions, widened by BOX_SHARE_MARGIN per side):
-    how lung-shaped a mask is whatever part of the film the thorax fills. None for an empty mask."""
-    box = lung_box(mask.astype(np.float32), 0.5, BOX_SHARE_MARGIN, *mask.shape)
-    if box is None:
+def lung_box_share(mask: np.ndarray, regions: Regions) -> float | None:
+    """The share of lung in the mask's own lung box (its two largest regions, `regions` = region_stats(mask),
+    widened by BOX_SHARE_MARGIN per side): how lung-shaped a mask is whatever part of the film the thorax
+    fills. None for an empty mask."""
+    lungs = largest_regions_box(regions)
+    if lungs is None:
         return None
-    top, bottom, left, right = box
-    return float(mask[top:bottom, left:right].mean())
+    top, bottom, left, right = widened(lungs, BOX_SHARE_MARGIN, *mask.shape)
+    return float(np.count_nonzero(mask[top:bottom, left:right]) / ((bottom - top) * (right - left)))
 
 
 def predict_framed(
@@ -222,4 +252,10 @@ def segment(
     """Gray uint8 images of any size -> bool lung masks of the same sizes: the one inference path that
     evaluation, export checks and deployment share (see predict_framed for lung_crop_margin)."""
     framed = predict_framed(images, run_model, image_size, intensity, threshold, lung_crop_margin, batch_size)
+    return framed_masks(framed, images, threshold, postprocess)
+
+
+def framed_masks(framed: list[Framed], images: list[np.ndarray], threshold: float,
+                 postprocess: bool) -> list[np.ndarray]:
+    """predict_framed's results -> bool lung masks of the images' sizes."""
     return [to_mask(f.full_size(*image.shape), threshold, postprocess) for f, image in zip(framed, images)]

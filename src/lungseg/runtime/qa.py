@@ -33,13 +33,13 @@ def describe(mask: np.ndarray, probabilities: np.ndarray, threshold: float,
     Confidence and the uncertain share are measured at the model's resolution, where the model decided.
     """
     lung_fraction = float(mask.mean())
-    _, region_areas = imaging.regions(mask)
-    regions = int((region_areas >= MIN_REGION_SHARE * mask.size).sum())
+    found = imaging.region_stats(mask)
+    regions = int((found.areas >= MIN_REGION_SHARE * mask.size).sum())
     lung = probabilities > threshold
     lung_count = int(lung.sum())
     confidence = float(probabilities[lung].mean()) if lung_count else 0.0
     uncertain = float(((probabilities > 0.25) & (probabilities < 0.75)).sum() / max(lung_count, 1))
-    box_share = imaging.lung_box_share(mask)
+    box_share = imaging.lung_box_share(mask, found)
     flags = []
     if lung_count == 0 or not mask.any():
         flags.append("no_lung")
