@@ -105,7 +105,8 @@ def make_tiny_repo(root: Path, pairs_per_label: int = 4) -> Path:
     run(["git", "init", "-q"], root)
     run(["git", "config", "user.email", "ci@lungseg.test"], root)
     run(["git", "config", "user.name", "lungseg tests"], root)
-    run([str(BIN / "dvc"), "init", "-q"], root)
+    # DVC_NO_ANALYTICS: `dvc init` would report itself (to a network tests must not use) before the config below.
+    run([str(BIN / "dvc"), "init", "-q"], root, {**os.environ, "DVC_NO_ANALYTICS": "1"})
     run([str(BIN / "dvc"), "config", "core.analytics", "false"], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-q", "-m", "tiny lungseg"], root)

@@ -27,5 +27,6 @@ def test_the_dry_run_trains_scores_and_exports_both_recipes(tmp_path):
         assert measured["epochs_run"] == 2 and measured["images_per_second"] > 0
         assert 0 <= measured["test"]["test/dice"] <= 1 and "test/montgomery/dice" in measured["test"]
         assert "test/dice_worst5pct" in measured["test"] and measured["training_gflop_per_image"] > 0
+        assert "checkpoint" not in measured  # no path into the removed working folder
     assert report["export"]["export/mask_agreement"] > 0.9999
     assert (tmp_path / "model.onnx").is_file() and (tmp_path / "gpu_check.log").read_text()

@@ -64,7 +64,7 @@ def test_servers_listen_on_loopback_with_password_auth(server):
     assert tracking_server.status(folder) == {"tracking_uri": state.tracking_uri, "mlflow": True, "postgres": True}
 
 
-def test_the_run_is_on_the_server_with_params_metrics_and_onnx_model(pipeline_logged_to_server):
+def test_the_run_is_on_the_server_with_params_metrics_and_onnx_model(pipeline_logged_to_server, tmp_path):
     root, folder, state = pipeline_logged_to_server
     client = MlflowClient(state.tracking_uri)
     experiment = client.get_experiment_by_name("lungseg")
@@ -77,7 +77,8 @@ def test_the_run_is_on_the_server_with_params_metrics_and_onnx_model(pipeline_lo
     mlflow.set_tracking_uri(state.tracking_uri)
     (model,) = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list")
     assert model.source_run_id == found.info.run_id
-    onnx_model = mlflow.onnx.load_model(f"models:/{model.model_id}")
+    # Without dst_path MLflow downloads into a new temporary folder that nothing removes.
+    onnx_model = mlflow.onnx.load_model(f"models:/{model.model_id}", dst_path=str(tmp_path))
     assert isinstance(onnx_model, onnx.ModelProto) and onnx_model.graph.input[0].name
     assert list((folder / "artifacts").rglob("*.onnx"))
     # Nothing went to the repository's embedded store.

@@ -223,7 +223,7 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     sys.stdout = Tee(args.out / "gpu_check.log")
-    # The working folder holds four checkpoints (about 2.4 GB): gone when the check ends, however it ends.
+    # The working folder holds four checkpoints and training states (about 2.4 GB): removed however the check ends.
     with tempfile.TemporaryDirectory(prefix="lungseg-gpu-check-") as work:
         return run_check(args, Path(work))
 
@@ -263,6 +263,8 @@ def run_check(args: argparse.Namespace, work: Path) -> int:
         print(json.dumps({k: v for k, v in measured.items() if k != "checkpoint"}, indent=2))
     best = max(results["recipes"].values(), key=lambda r: r["test"]["test/dice"])
     results["export"] = {"recipe": best["recipe"], **export_best(best["checkpoint"], manifest, args.out)}
+    for measured in results["recipes"].values():
+        del measured["checkpoint"]  # in the working folder, which is removed on return
     results["seconds"] = time.perf_counter() - started
     (args.out / "gpu_check.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out / 'gpu_check.json'} after {results['seconds']:.0f} s")
