@@ -10,7 +10,7 @@ from lungseg import export
 from lungseg.runtime import files, imaging
 from lungseg.runtime.decode import read_grayscale
 from lungseg.runtime.model_file import CARD_FORMAT, CARD_KEY, INPUT_NAME, card_path_for, load_model
-from conftest import TINY_SIZE, real_pair_names, shipped_image, tiny_inference
+from conftest import REPO, TINY_SIZE, real_pair_names, shipped_image, tiny_inference
 
 
 def real_images(count: int):
@@ -100,3 +100,15 @@ def test_parity_compares_logits_on_the_second_pass_inputs_too(bright_is_lung):
     inference = dataclasses.replace(inference, run_model=lambda inputs: seen.append(len(inputs)) or run(inputs))
     export.parity(onnx_path, inference, [film])
     assert 2 in seen  # the whole film and its lung box, compared in one batch
+
+
+def test_the_card_keeps_only_the_params_that_shaped_the_weights(tiny_model):
+    """The threshold and the lung crop margin live in the card's output and input (the export stage's params);
+    the checkpoint's own evaluate section, stale after `-S evaluate.lung_crop_margin=...`, is not repeated."""
+    from lungseg.config import load_params
+
+    params = load_params(REPO / "params.yaml").model_dump(mode="json")
+    card = export.model_card(tiny_inference(tiny_model), 1, 0.5, 0.25, (0.08, 0.44), (0.21, 0.46), [], params,
+                             {}, "0" * 40, "f" * 64)
+    assert set(card["training_params"]) == {"seed", "prepare", "augment", "model", "train"}
+    assert card["training_params"]["train"] == params["train"]

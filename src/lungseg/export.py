@@ -20,6 +20,9 @@ from lungseg.evaluation import Inference
 from lungseg.runtime import files, imaging
 from lungseg.runtime.model_file import CARD_FORMAT, CARD_KEY, INPUT_NAME, OUTPUT_NAME, create_session
 
+# The params sections that shaped the weights: the card's training_params. How the model is run (evaluate's
+# threshold and lung crop) has its one home in the card's input and output, from the export stage's params.
+TRAINING_SECTIONS = ("seed", "prepare", "augment", "model", "train")
 INTENDED_USE = ("Research on lung segmentation in adult chest X-rays (PA and AP views). Not a medical device, "
                 "not for clinical use: every mask must be checked by a qualified reader before any use.")
 VERSIONED_PACKAGES = ("lungseg", "torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy",
@@ -151,7 +154,7 @@ def model_card(inference: Inference, in_channels: int, input_mean: float, input_
         },
         "training_data": {"lung_fraction_range": list(lung_fraction_range),
                           "lung_box_share_range": list(lung_box_share_range), "sources": data_sources},
-        "training_params": training_params,
+        "training_params": {name: training_params[name] for name in TRAINING_SECTIONS if name in training_params},
         "test_metrics": test_metrics,
         "code_version": {"git_commit": git_commit, "weights_sha256": weights_sha256,
                          "mlflow_run_id": mlflow_run_id, "exported_with": package_versions()},
