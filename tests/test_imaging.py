@@ -1,6 +1,6 @@
-import numpy as np
-
 import cv2
+import numpy as np
+import pytest
 
 from lungseg.runtime import imaging
 
@@ -146,3 +146,35 @@ def test_the_lung_box_holds_the_two_largest_regions_and_not_a_speck():
     share = imaging.lung_box_share(mask, imaging.region_stats(mask))
     # Widened by 10% of 42 x 48 per side, rounded outwards: rows 5..56, columns 3..60.
     assert share == np.count_nonzero(mask[5:57, 3:61]) / (52 * 58)
+
+
+def _box_of_kept_lungs(probabilities, threshold, margin, height, width):
+    """The lung box by its definition: the bounding rows and columns of keep_lungs' mask, scaled, widened."""
+    mask = imaging.keep_lungs(probabilities > threshold)
+    if not mask.any():
+        return None
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    scale_y, scale_x = height / mask.shape[0], width / mask.shape[1]
+    top, bottom = rows[0] * scale_y, (rows[-1] + 1) * scale_y
+    left, right = columns[0] * scale_x, (columns[-1] + 1) * scale_x
+    grow_y, grow_x = margin * (bottom - top), margin * (right - left)
+    return (max(0, int(top - grow_y)), min(height, int(np.ceil(bottom + grow_y))),
+            max(0, int(left - grow_x)), min(width, int(np.ceil(right + grow_x))))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_lung_box_is_the_box_of_the_post_processed_lungs(seed):
+    """Random blobs (ties, single regions, islands in holes among them) at the model's size, mapped to films
+    of other shapes: the box from region stats equals the box of keep_lungs' mask, edge for edge."""
+    rng = np.random.default_rng(seed)
+    probabilities = np.zeros((32, 32), np.float32)
+    for _ in range(rng.integers(0, 6)):
+        top, left = rng.integers(0, 30, 2)
+        probabilities[top : top + rng.integers(1, 12), left : left + rng.integers(1, 12)] = 1.0
+    if seed % 5 == 0:  # a ring with an island in its hole
+        probabilities[4:20, 4:20], probabilities[6:18, 6:18], probabilities[10:12, 10:12] = 1.0, 0.0, 1.0
+    height, width = (int(v) for v in rng.integers(40, 3000, 2))
+    margin = float(rng.choice([0.0, 0.1, 0.25]))
+    expected = _box_of_kept_lungs(probabilities, 0.5, margin, height, width)
+    found = imaging.lung_box(probabilities, 0.5, margin, height, width)
+    assert (None if found is None else tuple(found)) == expected

@@ -223,7 +223,8 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     sys.stdout = Tee(args.out / "gpu_check.log")
-    # The working folder holds four checkpoints and training states (about 2.4 GB): removed however the check ends.
+    # The working folder holds four checkpoints and training states (about 2.4 GB): removed on return and on any
+    # Python exception, Ctrl-C included (not when the process is killed).
     with tempfile.TemporaryDirectory(prefix="lungseg-gpu-check-") as work:
         return run_check(args, Path(work))
 
