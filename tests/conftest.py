@@ -86,6 +86,7 @@ def pipeline_environment() -> dict[str, str]:
     """This environment without MLflow/DVC settings of the caller, with the virtual environment's tools first."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    env["DVC_NO_ANALYTICS"] = "1"  # DVC would report each command (to a network tests must not use) via /tmp files
     return env
 
 
@@ -105,8 +106,7 @@ def make_tiny_repo(root: Path, pairs_per_label: int = 4) -> Path:
     run(["git", "init", "-q"], root)
     run(["git", "config", "user.email", "ci@lungseg.test"], root)
     run(["git", "config", "user.name", "lungseg tests"], root)
-    # DVC_NO_ANALYTICS: `dvc init` would report itself (to a network tests must not use) before the config below.
-    run([str(BIN / "dvc"), "init", "-q"], root, {**os.environ, "DVC_NO_ANALYTICS": "1"})
+    run([str(BIN / "dvc"), "init", "-q"], root, pipeline_environment())  # no analytics report before the config
     run([str(BIN / "dvc"), "config", "core.analytics", "false"], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-q", "-m", "tiny lungseg"], root)
