@@ -4,7 +4,7 @@ import os
 import sys
 from pathlib import Path
 
-from lungseg import checkpoint, data, evaluation, export, stage, tables, tracking
+from lungseg import checkpoint, evaluation, export, stage, tables, tracking
 from lungseg.config import load_params
 from lungseg.runtime import files
 from lungseg.runtime.decode import read_grayscale
@@ -22,12 +22,9 @@ def main() -> None:
     inference = evaluation.checkpoint_inference(trained, params.evaluate.threshold, params.evaluate.postprocess, 8,
                                                 params.evaluate.lung_crop_margin)
     manifest = tables.read_manifest(args.manifest)
-    training_rows = tables.split_rows(manifest, "train")
     card = export.model_card(
         inference, trained.in_channels, trained.params.model.input_mean, trained.params.model.input_std,
-        data.lung_fraction_range(training_rows), data.lung_box_share_range(training_rows),
-        data.source_licences(manifest),
-        trained.params.model_dump(mode="json"), files.read_json(args.test_metrics),
+        export.training_data(manifest), trained.params.model_dump(mode="json"), files.read_json(args.test_metrics),
         tracking.git_commit(Path.cwd()), trained.weights_sha256(), trained.mlflow_run_id)
     export.write_model(args.onnx, export.with_card(export.export_graph(
         trained.build_model(), inference.image_size, trained.in_channels, params.export.opset), card))

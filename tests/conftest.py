@@ -151,8 +151,9 @@ def tiny_inference(model):
 def tiny_card(model, **changes) -> dict:
     from lungseg import export
 
-    card = export.model_card(tiny_inference(model), 1, 0.5, 0.25, (0.08, 0.44), (0.21, 0.46),
-                             [{"source": "shenzhen", "licence": "CC BY-NC-SA 4.0 (masks)"}],
+    card = export.model_card(tiny_inference(model), 1, 0.5, 0.25,
+                             {"lung_fraction_range": [0.08, 0.44], "lung_box_share_range": [0.21, 0.46],
+                              "sources": [{"source": "shenzhen", "licence": "CC BY-NC-SA 4.0 (masks)"}]},
                              {"train": {"image_size": TINY_SIZE}}, {"test/dice": 0.0}, "0" * 40, "f" * 64)
     return recipes.with_changes(card, changes)
 

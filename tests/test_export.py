@@ -108,7 +108,6 @@ def test_the_card_keeps_only_the_params_that_shaped_the_weights(tiny_model):
     from lungseg.config import load_params
 
     params = load_params(REPO / "params.yaml").model_dump(mode="json")
-    card = export.model_card(tiny_inference(tiny_model), 1, 0.5, 0.25, (0.08, 0.44), (0.21, 0.46), [], params,
-                             {}, "0" * 40, "f" * 64)
+    card = export.model_card(tiny_inference(tiny_model), 1, 0.5, 0.25, {}, params, {}, "0" * 40, "f" * 64)
     assert set(card["training_params"]) == {"seed", "prepare", "augment", "model", "train"}
     assert card["training_params"]["train"] == params["train"]

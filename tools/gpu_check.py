@@ -199,11 +199,9 @@ def export_best(checkpoint_path: str, manifest: Path, out: Path) -> dict:
     inference = evaluation.checkpoint_inference(trained, params.evaluate.threshold, params.evaluate.postprocess, 8,
                                                 params.evaluate.lung_crop_margin)
     rows = tables.read_manifest(manifest)
-    training_rows = tables.split_rows(rows, "train")
     card = export.model_card(inference, trained.in_channels, params.model.input_mean, params.model.input_std,
-                             data.lung_fraction_range(training_rows), data.lung_box_share_range(training_rows),
-                             data.source_licences(rows),
-                             params.model_dump(mode="json"), {}, "gpu-check", trained.weights_sha256())
+                             export.training_data(rows), params.model_dump(mode="json"), {}, "gpu-check",
+                             trained.weights_sha256())
     path = out / "model.onnx"
     export.write_model(path, export.with_card(export.export_graph(
         trained.build_model(), inference.image_size, trained.in_channels, params.export.opset), card))

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pandas as pd
 import torch
 
+from lungseg import data, tables
 from lungseg.errors import UserError
 from lungseg.evaluation import Inference
 from lungseg.runtime import files, imaging
@@ -101,10 +103,18 @@ def package_versions() -> dict[str, str]:
     return found
 
 
-def model_card(inference: Inference, in_channels: int, input_mean: float, input_std: float,
-               lung_fraction_range: tuple[float, float], lung_box_share_range: tuple[float, float],
-               data_sources: list[dict], training_params: dict,
-               test_metrics: dict, git_commit: str, weights_sha256: str, mlflow_run_id: str | None = None) -> dict:
+def training_data(manifest: pd.DataFrame) -> dict:
+    """The card's training_data, from prepare's manifest: the training masks' plausibility ranges (the lungs' share
+    of the film and of their own box) and the description of every source the pairs come from."""
+    training_rows = tables.split_rows(manifest, "train")
+    return {"lung_fraction_range": list(data.lung_fraction_range(training_rows)),
+            "lung_box_share_range": list(data.lung_box_share_range(training_rows)),
+            "sources": data.source_licences(manifest)}
+
+
+def model_card(inference: Inference, in_channels: int, input_mean: float, input_std: float, training_data: dict,
+               training_params: dict, test_metrics: dict, git_commit: str, weights_sha256: str,
+               mlflow_run_id: str | None = None) -> dict:
     """Everything a consumer needs to run the ONNX model correctly, and where it came from."""
     size = inference.image_size
     intensity_text = {"equalize_histogram": "equalise its histogram (OpenCV equalizeHist), ",
@@ -152,8 +162,7 @@ def model_card(inference: Inference, in_channels: int, input_mean: float, input_
             ),
             "resize": imaging.UPSAMPLE,
         },
-        "training_data": {"lung_fraction_range": list(lung_fraction_range),
-                          "lung_box_share_range": list(lung_box_share_range), "sources": data_sources},
+        "training_data": training_data,
         "training_params": {name: training_params[name] for name in TRAINING_SECTIONS if name in training_params},
         "test_metrics": test_metrics,
         "code_version": {"git_commit": git_commit, "weights_sha256": weights_sha256,
