@@ -18,10 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
 
-def seconds_per_step(model, optimizer, loss_fn, images, masks, precision: str, steps: int) -> float:
-    """Median seconds of `steps` timed training steps, after two warm-up steps."""
+def seconds_per_step(model, optimizer, loss_fn, images, masks, precision: str, steps: int, warmup: int = 2) -> float:
+    """Median seconds of `steps` timed training steps, after `warmup` untimed ones."""
     times = []
-    for step in range(steps + 2):
+    for step in range(steps + warmup):
         start = time.perf_counter()
         with engine.autocast(CPU, precision):
             logits = model(images)
@@ -29,7 +29,7 @@ def seconds_per_step(model, optimizer, loss_fn, images, masks, precision: str, s
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step >= 2:
+        if step >= warmup:
             times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 

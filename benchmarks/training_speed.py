@@ -1,6 +1,7 @@
 """Training speed of the default model on this CPU: seconds per step (forward, loss, backward, Adam) and
 images per second at several input sizes and memory formats, in the precision the train stage uses here,
-with the achieved GFLOP/s against the CPU's peak; --profile adds where a step's time goes, by operator.
+with the achieved GFLOP/s against the CPU's peak; --profile adds where a step's time goes, by operator, and
+--compile the same steps through torch.compile (inductor; needs a C++ compiler), with its compile time.
 
     .venv/bin/python benchmarks/training_speed.py --sizes 128 160 224 --profile
     ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python benchmarks/training_speed.py   # an AVX2-only CPU, on an AMX one
@@ -10,7 +11,9 @@ is /proc/cpuinfo's. FLOPs per image: 3 x the forward's (torch FlopCounterMode), 
 """
 import argparse
 import itertools
+import os
 import re
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +42,7 @@ def cpu_peak_gflops(cores: int) -> tuple[float, str]:
     """Float32 FMA peak of `cores` cores at /proc/cpuinfo's clock, and which vector unit it assumes."""
     info = Path("/proc/cpuinfo").read_text()
     ghz = max(float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", info)) / 1000
-    wide = re.search(r"\bavx512f\b", info) and "AVX2" not in (__import__("os").environ.get("ONEDNN_MAX_CPU_ISA", ""))
+    wide = re.search(r"\bavx512f\b", info) and "AVX2" not in os.environ.get("ONEDNN_MAX_CPU_ISA", "")
     return cores * ghz * (64 if wide else 32), f"{'AVX-512' if wide else 'AVX2'} FMA at {ghz:.2f} GHz"
 
 
@@ -59,6 +62,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-sizes", type=int, nargs="+", help="images per step (default: train.batch_size)")
     parser.add_argument("--profile", action="store_true", help="operator breakdown at the first size and batch")
+    parser.add_argument("--compile", action="store_true", help="also time each variant through torch.compile")
     args = parser.parse_args()
     params = load_params(REPO / "params.yaml")
     config = params.train
@@ -68,27 +72,47 @@ def main() -> None:
     peak, unit = cpu_peak_gflops(threads)
     print(f"{params.model.encoder} U-Net, decoder {list(params.model.decoder_channels)}, {precision}, "
           f"{threads} threads; peak {peak:.0f} GFLOP/s ({unit})")
+    loss_fn = build_loss(config)
+    if args.compile:  # a cold compilation, as on a fresh machine, in a folder removed afterwards
+        inductor_cache = tempfile.TemporaryDirectory(prefix="lungseg-inductor-")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache.name
     reference = matmul_gflops()
     print(f"2048^3 float32 matrix product: {reference:.0f} GFLOP/s = {100 * reference / peak:.0f}% of peak")
     for size in args.sizes:
         with FlopCounterMode(display=False) as counter:
             build_model(params.model, 1)(torch.rand(1, 1, size, size))
         flops_per_image = 3 * counter.get_total_flops()
-        for batch, channels_last in itertools.product(batches, (True, False)):
-            torch.manual_seed(params.seed)
-            model = build_model(params.model, in_channels=1)
-            images = torch.rand(batch, 1, size, size)
-            if channels_last:
-                model, images = model.to(memory_format=torch.channels_last), images.contiguous(
-                    memory_format=torch.channels_last)
-            masks = (torch.rand(batch, 1, size, size) > 0.5).float()
-            optimizer = engine.build_optimizer(model, config)
-            seconds = seconds_per_step(model, optimizer, build_loss(config), images, masks, precision, args.steps)
-            gflops = flops_per_image * batch / seconds / 1e9
-            memory_format = "channels_last" if channels_last else "contiguous   "
-            print(f"{size} px, batch {batch}, {memory_format}: {seconds:.3f} s/step, {batch / seconds:5.1f} images/s, "
-                  f"{flops_per_image / 1e9:.2f} GFLOP/image, {gflops:.0f} GFLOP/s "
-                  f"= {100 * gflops / peak:.0f}% of peak")
+        for batch in batches:
+            variants = {}  # name -> (model, optimizer, images, masks): timed step by step in turns
+            for channels_last, compile_model in itertools.product((True, False), (False, True)[: 1 + args.compile]):
+                torch.manual_seed(params.seed)
+                model = build_model(params.model, in_channels=1)
+                images = torch.rand(batch, 1, size, size)
+                if channels_last:
+                    model, images = model.to(memory_format=torch.channels_last), images.contiguous(
+                        memory_format=torch.channels_last)
+                masks = (torch.rand(batch, 1, size, size) > 0.5).float()
+                optimizer = engine.build_optimizer(model, config)
+                name = "channels_last" if channels_last else "contiguous   "
+                if compile_model:
+                    model = torch.compile(model)
+                start = time.perf_counter()
+                seconds_per_step(model, optimizer, loss_fn, images, masks, precision, 1)  # warm-up (compilation)
+                if compile_model:
+                    name += f", torch.compile (first 3 steps {time.perf_counter() - start:.0f} s)"
+                variants[name] = (model, optimizer, images, masks)
+            # Variants take turns step by step, so a change in the machine's speed hits all of them alike.
+            times = {name: [] for name in variants}
+            for _ in range(args.steps):
+                for name, (model, optimizer, images, masks) in variants.items():
+                    times[name].append(seconds_per_step(model, optimizer, loss_fn, images, masks, precision, 1,
+                                                        warmup=0))
+            for name, measured in times.items():
+                seconds = sorted(measured)[len(measured) // 2]
+                gflops = flops_per_image * batch / seconds / 1e9
+                print(f"{size} px, batch {batch}, {name}: {seconds:.3f} s/step, {batch / seconds:5.1f} images/s, "
+                      f"{flops_per_image / 1e9:.2f} GFLOP/image, {gflops:.0f} GFLOP/s "
+                      f"= {100 * gflops / peak:.0f}% of peak")
     if args.profile:
         size, batch = args.sizes[0], batches[0]
         model = build_model(params.model, in_channels=1).to(memory_format=torch.channels_last)

@@ -97,3 +97,17 @@ def test_a_failed_save_keeps_the_old_file_and_leaves_no_partial_one(tmp_path, mo
         checkpoint.save(path, {"epoch": 2})
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
     assert checkpoint.load_raw(path)["epoch"] == 1
+
+
+def test_a_refused_rename_leaves_no_temporary_file(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save(path, {"epoch": 1})
+
+    def refused(source, destination):
+        raise PermissionError(13, "Permission denied", str(destination))
+
+    monkeypatch.setattr(checkpoint.os, "replace", refused)
+    with pytest.raises(PermissionError):
+        checkpoint.save(path, {"epoch": 2})
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    assert checkpoint.load_raw(path)["epoch"] == 1

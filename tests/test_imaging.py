@@ -143,7 +143,7 @@ def test_the_lung_box_holds_the_two_largest_regions_and_not_a_speck():
     probabilities[60:62, 60:62] = 1.0  # a speck far away, outside the box
     assert imaging.lung_box(probabilities, 0.5, 0.0, 64, 64) == (10, 52, 8, 56)
     mask = probabilities > 0.5
-    share = imaging.lung_box_share(mask, imaging.region_stats(mask))
+    share = imaging.lung_box_share(mask, imaging.regions(mask))
     # Widened by 10% of 42 x 48 per side, rounded outwards: rows 5..56, columns 3..60.
     assert share == np.count_nonzero(mask[5:57, 3:61]) / (52 * 58)
 
@@ -165,7 +165,7 @@ def _box_of_kept_lungs(probabilities, threshold, margin, height, width):
 @pytest.mark.parametrize("seed", range(40))
 def test_the_lung_box_is_the_box_of_the_post_processed_lungs(seed):
     """Random blobs (ties, single regions, islands in holes among them) at the model's size, mapped to films
-    of other shapes: the box from region stats equals the box of keep_lungs' mask, edge for edge."""
+    of other shapes: the box from the regions' boxes equals the box of keep_lungs' mask, edge for edge."""
     rng = np.random.default_rng(seed)
     probabilities = np.zeros((32, 32), np.float32)
     for _ in range(rng.integers(0, 6)):

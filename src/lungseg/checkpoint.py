@@ -56,13 +56,14 @@ def save(path: str | Path, content: dict) -> None:
     """Write then rename, so an interrupted write never leaves a corrupt file in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
-        try:
+    tmp = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with tmp:
             torch.save(content, tmp)
-        except BaseException:  # a full disk or Ctrl-C: no half-written file of hundreds of MB left beside it
-            Path(tmp.name).unlink(missing_ok=True)
-            raise
-    os.replace(tmp.name, path)
+        os.replace(tmp.name, path)
+    except BaseException:  # a full disk, Ctrl-C or a refused rename: no file of hundreds of MB left beside it
+        Path(tmp.name).unlink(missing_ok=True)
+        raise
 
 
 def load_raw(path: str | Path) -> dict:

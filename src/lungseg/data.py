@@ -109,7 +109,7 @@ def validate_pair(pair: Pair) -> dict:
         "source": pair.source,
         "label": label_from_name(pair.name),
         "lung_fraction": lung_fraction,
-        "lung_box_share": imaging.lung_box_share(mask, imaging.region_stats(mask)),
+        "lung_box_share": imaging.lung_box_share(mask, imaging.regions(mask)),
         "height": image.shape[0],
         "width": image.shape[1],
         "image_path": str(pair.image_path),
@@ -169,15 +169,10 @@ def split_counts(manifest: pd.DataFrame) -> dict:
     return counts
 
 
-def lung_fraction_range(rows: pd.DataFrame) -> tuple[float, float]:
-    """The smallest and largest share of lung in the rows' masks (the model card's plausibility range)."""
-    return float(rows["lung_fraction"].min()), float(rows["lung_fraction"].max())
-
-
-def lung_box_share_range(rows: pd.DataFrame) -> tuple[float, float]:
-    """The smallest and largest share of lung in its own widened bounding box over the rows' masks
-    (imaging.lung_box_share; the model card's framing-independent plausibility range)."""
-    return float(rows["lung_box_share"].min()), float(rows["lung_box_share"].max())
+def value_range(rows: pd.DataFrame, column: str) -> tuple[float, float]:
+    """The smallest and largest value of a manifest column over the rows (the model card's plausibility ranges
+    of lung_fraction and lung_box_share)."""
+    return float(rows[column].min()), float(rows[column].max())
 
 
 def source_description(folder: Path) -> dict:

@@ -76,31 +76,23 @@ def upsample(probabilities: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(probabilities, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def regions(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """8-connected regions of a bool mask: (labels (H, W) int32 with 0 = background, areas of regions 1..N)."""
-    labels, areas, _ = regions_with_centres(mask)
-    return labels, areas
-
-
 class Regions(NamedTuple):
-    """8-connected regions of a mask, without the label image: areas (N,) and bounding boxes (N, 4) as
-    top, bottom, left, right (bottom and right exclusive), regions 1..N."""
+    """The 8-connected regions of a mask, from one connected-components pass: labels (H, W) int32 with 0 =
+    background, and for regions 1..N their areas (N,), bounding boxes (N, 4) as top, bottom, left, right (bottom
+    and right exclusive) and the columns of their centres (N,)."""
 
+    labels: np.ndarray
     areas: np.ndarray
     boxes: np.ndarray
+    centres: np.ndarray
 
 
-def region_stats(mask: np.ndarray) -> Regions:
-    _, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+def regions(mask: np.ndarray) -> Regions:
+    """The 8-connected regions of a bool (H, W) mask."""
+    _, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     x, y, w, h = (stats[1:, column] for column in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH,
                                                      cv2.CC_STAT_HEIGHT))
-    return Regions(stats[1:, cv2.CC_STAT_AREA], np.stack([y, y + h, x, x + w], axis=1))
-
-
-def regions_with_centres(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """regions() and the column of each region's centre (regions 1..N)."""
-    _, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    return labels, stats[1:, cv2.CC_STAT_AREA], centroids[1:, 0]
+    return Regions(labels, stats[1:, cv2.CC_STAT_AREA], np.stack([y, y + h, x, x + w], axis=1), centroids[1:, 0])
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -112,11 +104,11 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 
 def keep_lungs(mask: np.ndarray, count: int = 2) -> np.ndarray:
     """Post-processing: keep the `count` largest 8-connected regions, then fill their holes."""
-    labels, areas = regions(mask)
-    if len(areas) > count:
-        keep = np.zeros(len(areas) + 1, dtype=bool)
-        keep[np.argsort(areas)[::-1][:count] + 1] = True
-        mask = keep[labels]
+    found = regions(mask)
+    if len(found.areas) > count:
+        keep = np.zeros(len(found.areas) + 1, dtype=bool)
+        keep[np.argsort(found.areas)[::-1][:count] + 1] = True
+        mask = keep[found.labels]
     return fill_holes(mask)
 
 
@@ -169,27 +161,27 @@ def lung_box(probabilities: np.ndarray, threshold: float, margin: float, height:
     (S, S) probabilities: found at the probabilities' resolution, scaled by height/S and width/S, widened by
     `margin` x its height and width on each side, rounded outwards and clipped to the image. None when no lung
     was found."""
-    lungs = largest_regions_box(region_stats(probabilities > threshold))
+    lungs = largest_regions_box(regions(probabilities > threshold))
     if lungs is None:
         return None
     scale_y, scale_x = height / probabilities.shape[0], width / probabilities.shape[1]
-    return widened(Box(*(side * scale for side, scale in zip(lungs, (scale_y, scale_y, scale_x, scale_x)))),
-                   margin, height, width)
+    edges = tuple(side * scale for side, scale in zip(lungs, (scale_y, scale_y, scale_x, scale_x)))
+    return widened(edges, margin, height, width)
 
 
-def largest_regions_box(regions: Regions, count: int = 2) -> Box | None:
+def largest_regions_box(found: Regions, count: int = 2) -> Box | None:
     """The bounding box of the `count` largest regions (the lungs after keep_lungs, whose hole filling moves no
     box edge); None without regions."""
-    if not len(regions.areas):
+    if not len(found.areas):
         return None
-    boxes = regions.boxes[np.argsort(regions.areas)[::-1][:count]]
+    boxes = found.boxes[np.argsort(found.areas)[::-1][:count]]
     return Box(int(boxes[:, 0].min()), int(boxes[:, 1].max()), int(boxes[:, 2].min()), int(boxes[:, 3].max()))
 
 
-def widened(box: Box, margin: float, height: int, width: int) -> Box:
-    """`box` (fractional edges allowed) widened by `margin` x its height and width on each side, rounded
-    outwards, clipped to a (height, width) image."""
-    top, bottom, left, right = box
+def widened(edges: Box | tuple[float, float, float, float], margin: float, height: int, width: int) -> Box:
+    """A box's edges (top, bottom, left, right; fractional allowed) widened by `margin` x its height and width
+    on each side, rounded outwards, clipped to a (height, width) image."""
+    top, bottom, left, right = edges
     grow_y, grow_x = margin * (bottom - top), margin * (right - left)
     return Box(max(0, int(top - grow_y)), min(height, int(np.ceil(bottom + grow_y))),
                max(0, int(left - grow_x)), min(width, int(np.ceil(right + grow_x))))
@@ -198,11 +190,11 @@ def widened(box: Box, margin: float, height: int, width: int) -> Box:
 BOX_SHARE_MARGIN = 0.1  # the lung box of lung_box_share, widened as the default second pass widens it
 
 
-def lung_box_share(mask: np.ndarray, regions: Regions) -> float | None:
-    """The share of lung in the mask's own lung box (its two largest regions, `regions` = region_stats(mask),
-    widened by BOX_SHARE_MARGIN per side): how lung-shaped a mask is whatever part of the film the thorax
-    fills. None for an empty mask."""
-    lungs = largest_regions_box(regions)
+def lung_box_share(mask: np.ndarray, found: Regions) -> float | None:
+    """The share of lung in the mask's own lung box (its two largest regions, `found` = regions(mask), widened
+    by BOX_SHARE_MARGIN per side): how lung-shaped a mask is whatever part of the film the thorax fills. None
+    for an empty mask."""
+    lungs = largest_regions_box(found)
     if lungs is None:
         return None
     top, bottom, left, right = widened(lungs, BOX_SHARE_MARGIN, *mask.shape)

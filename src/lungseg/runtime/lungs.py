@@ -24,17 +24,16 @@ def patient_right_on_image_left(patient_orientation: str) -> tuple[bool, bool]:
     return True, True
 
 
-def label_lungs(mask: np.ndarray, right_on_image_left: bool) -> np.ndarray:
-    """(H, W) bool -> (H, W) uint8 labels: RIGHT / LEFT per connected region, by which side of the midline
-    between the two largest regions' centres (or of the image's centre, for one region) it lies on."""
-    labels, areas, centres = imaging.regions_with_centres(mask)
-    if len(areas) == 0:
-        return np.zeros(mask.shape, dtype=np.uint8)
-    largest = np.argsort(areas)[::-1][:2]
-    midline = centres[largest].mean() if len(largest) == 2 else mask.shape[1] / 2
-    is_right = (centres < midline) == right_on_image_left  # per region 1..N
+def label_lungs(found: imaging.Regions, right_on_image_left: bool) -> np.ndarray:
+    """A mask's regions (imaging.regions) -> (H, W) uint8 labels: RIGHT / LEFT per region, by which side of the
+    midline between the two largest regions' centres (or of the image's centre, for one region) it lies on."""
+    if len(found.areas) == 0:
+        return np.zeros(found.labels.shape, dtype=np.uint8)
+    largest = np.argsort(found.areas)[::-1][:2]
+    midline = found.centres[largest].mean() if len(largest) == 2 else found.labels.shape[1] / 2
+    is_right = (found.centres < midline) == right_on_image_left  # per region 1..N
     side_of_label = np.concatenate([[0], np.where(is_right, RIGHT, LEFT)]).astype(np.uint8)
-    return side_of_label[labels]
+    return side_of_label[found.labels]
 
 
 def areas(labels: np.ndarray, pixel_spacing_mm: tuple[float, float] | None) -> dict:

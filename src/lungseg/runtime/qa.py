@@ -23,17 +23,17 @@ MIN_CONFIDENCE = 0.9
 MAX_UNCERTAIN_SHARE = 0.15
 
 
-def describe(mask: np.ndarray, probabilities: np.ndarray, threshold: float,
+def describe(mask: np.ndarray, found: imaging.Regions, probabilities: np.ndarray, threshold: float,
              lung_fraction_range: tuple[float, float], lung_pixels: tuple[int, int] | None = None,
              box_share_range: tuple[float, float] | None = None) -> dict:
-    """(H, W) bool mask, the model's (S, S) probabilities and optionally (right, left) lung pixel counts ->
-    the QA fields of report.csv. With box_share_range (the training masks' imaging.lung_box_share), that is the
-    plausibility check; without, lung_fraction_range (the training masks' share of the film).
+    """(H, W) bool mask, its regions (imaging.regions(mask)), the model's (S, S) probabilities and optionally
+    (right, left) lung pixel counts -> the QA fields of report.csv. With box_share_range (the training masks'
+    imaging.lung_box_share), that is the plausibility check; without, lung_fraction_range (the training masks'
+    share of the film).
 
     Confidence and the uncertain share are measured at the model's resolution, where the model decided.
     """
     lung_fraction = float(mask.mean())
-    found = imaging.region_stats(mask)
     regions = int((found.areas >= MIN_REGION_SHARE * mask.size).sum())
     lung = probabilities > threshold
     lung_count = int(lung.sum())
