@@ -13,11 +13,11 @@ import argparse
 import itertools
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from torch._inductor.utils import fresh_cache
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -73,9 +73,6 @@ def main() -> None:
     print(f"{params.model.encoder} U-Net, decoder {list(params.model.decoder_channels)}, {precision}, "
           f"{threads} threads; peak {peak:.0f} GFLOP/s ({unit})")
     loss_fn = build_loss(config)
-    if args.compile:  # a cold compilation, as on a fresh machine, in a folder removed afterwards
-        inductor_cache = tempfile.TemporaryDirectory(prefix="lungseg-inductor-")
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache.name
     reference = matmul_gflops()
     print(f"2048^3 float32 matrix product: {reference:.0f} GFLOP/s = {100 * reference / peak:.0f}% of peak")
     for size in args.sizes:
@@ -84,7 +81,8 @@ def main() -> None:
         flops_per_image = 3 * counter.get_total_flops()
         for batch in batches:
             variants = {}  # name -> (model, optimizer, images, masks): timed step by step in turns
-            for channels_last, compile_model in itertools.product((True, False), (False, True)[: 1 + args.compile]):
+            compiled = (False, True) if args.compile else (False,)
+            for channels_last, compile_model in itertools.product((True, False), compiled):
                 torch.manual_seed(params.seed)
                 model = build_model(params.model, in_channels=1)
                 images = torch.rand(batch, 1, size, size)
@@ -94,12 +92,17 @@ def main() -> None:
                 masks = (torch.rand(batch, 1, size, size) > 0.5).float()
                 optimizer = engine.build_optimizer(model, config)
                 name = "channels_last" if channels_last else "contiguous   "
-                if compile_model:
-                    model = torch.compile(model)
                 start = time.perf_counter()
-                seconds_per_step(model, optimizer, loss_fn, images, masks, precision, 1)  # warm-up (compilation)
                 if compile_model:
+                    # Cold, as on a new machine: nothing of an earlier variant's compilation in memory or on disk
+                    # (fresh_cache: an empty cache folder, removed afterwards); static shapes, as training uses.
+                    torch._dynamo.reset()
+                    model = torch.compile(model, dynamic=False)
+                    with fresh_cache():
+                        seconds_per_step(model, optimizer, loss_fn, images, masks, precision, 1)
                     name += f", torch.compile (first 3 steps {time.perf_counter() - start:.0f} s)"
+                else:
+                    seconds_per_step(model, optimizer, loss_fn, images, masks, precision, 1)  # warm-up
                 variants[name] = (model, optimizer, images, masks)
             # Variants take turns step by step, so a change in the machine's speed hits all of them alike.
             times = {name: [] for name in variants}
@@ -119,9 +122,9 @@ def main() -> None:
         images = torch.rand(batch, 1, size, size).contiguous(memory_format=torch.channels_last)
         masks = (torch.rand(batch, 1, size, size) > 0.5).float()
         optimizer = engine.build_optimizer(model, config)
-        seconds_per_step(model, optimizer, build_loss(config), images, masks, precision, 1)
+        seconds_per_step(model, optimizer, loss_fn, images, masks, precision, 1)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            seconds_per_step(model, optimizer, build_loss(config), images, masks, precision, 3)
+            seconds_per_step(model, optimizer, loss_fn, images, masks, precision, 3)
         totals = {kind: 0.0 for kind in KINDS} | {"other": 0.0}
         events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
         for event in events:

@@ -34,10 +34,10 @@ def test_records_of_real_pairs(sources):
 
 
 def test_real_lungs_fill_a_third_of_their_box_whatever_their_share_of_the_film(sources):
-    from lungseg.data import value_range
+    from lungseg.data import column_range
 
     records, _ = collect_records(sources, skip_bad=False)
-    low, high = value_range(records, "lung_box_share")
+    low, high = column_range(records, "lung_box_share")
     # Lungs, the heart between them and the box's margin: narrower than the films' 0.05-0.6.
     assert 0.15 < low < 0.4 < high < 0.55
 

@@ -1,5 +1,6 @@
 """QA flags: what makes a result worth a person's look."""
 import numpy as np
+import pytest
 
 from lungseg.runtime import imaging, qa
 
@@ -70,3 +71,9 @@ def test_the_box_share_check_ignores_framing_but_catches_blobs_single_lungs_and_
     for mask in (blob, single, specks):
         flags = describe(mask, confident(mask), 0.5, RANGE, None, BOX_RANGE)["qa_flags"]
         assert "lung_box_share_outside_0.21-0.46" in flags, flags
+
+
+def test_regions_of_another_mask_are_refused():
+    mask = two_lungs()
+    with pytest.raises(ValueError, match=r"regions of a \(50, 50\) mask given for a \(100, 100\) one"):
+        qa.describe(mask, imaging.regions(two_lungs()[:50, :50]), confident(mask), 0.5, RANGE)

@@ -169,7 +169,7 @@ def split_counts(manifest: pd.DataFrame) -> dict:
     return counts
 
 
-def value_range(rows: pd.DataFrame, column: str) -> tuple[float, float]:
+def column_range(rows: pd.DataFrame, column: str) -> tuple[float, float]:
     """The smallest and largest value of a manifest column over the rows (the model card's plausibility ranges
     of lung_fraction and lung_box_share)."""
     return float(rows[column].min()), float(rows[column].max())

@@ -107,8 +107,8 @@ def training_data(manifest: pd.DataFrame) -> dict:
     """The card's training_data, from prepare's manifest: the training masks' plausibility ranges (the lungs' share
     of the film and of their own box) and the description of every source the pairs come from."""
     training_rows = tables.split_rows(manifest, "train")
-    return {"lung_fraction_range": list(data.value_range(training_rows, "lung_fraction")),
-            "lung_box_share_range": list(data.value_range(training_rows, "lung_box_share")),
+    return {"lung_fraction_range": list(data.column_range(training_rows, "lung_fraction")),
+            "lung_box_share_range": list(data.column_range(training_rows, "lung_box_share")),
             "sources": data.source_licences(manifest)}
 
 

@@ -104,11 +104,11 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 
 def keep_lungs(mask: np.ndarray, count: int = 2) -> np.ndarray:
     """Post-processing: keep the `count` largest 8-connected regions, then fill their holes."""
-    found = regions(mask)
-    if len(found.areas) > count:
-        keep = np.zeros(len(found.areas) + 1, dtype=bool)
-        keep[np.argsort(found.areas)[::-1][:count] + 1] = True
-        mask = keep[found.labels]
+    components = regions(mask)
+    if len(components.areas) > count:
+        keep = np.zeros(len(components.areas) + 1, dtype=bool)
+        keep[np.argsort(components.areas)[::-1][:count] + 1] = True
+        mask = keep[components.labels]
     return fill_holes(mask)
 
 
@@ -169,16 +169,16 @@ def lung_box(probabilities: np.ndarray, threshold: float, margin: float, height:
     return widened(edges, margin, height, width)
 
 
-def largest_regions_box(found: Regions, count: int = 2) -> Box | None:
+def largest_regions_box(components: Regions, count: int = 2) -> Box | None:
     """The bounding box of the `count` largest regions (the lungs after keep_lungs, whose hole filling moves no
     box edge); None without regions."""
-    if not len(found.areas):
+    if not len(components.areas):
         return None
-    boxes = found.boxes[np.argsort(found.areas)[::-1][:count]]
+    boxes = components.boxes[np.argsort(components.areas)[::-1][:count]]
     return Box(int(boxes[:, 0].min()), int(boxes[:, 1].max()), int(boxes[:, 2].min()), int(boxes[:, 3].max()))
 
 
-def widened(edges: Box | tuple[float, float, float, float], margin: float, height: int, width: int) -> Box:
+def widened(edges: tuple[float, float, float, float], margin: float, height: int, width: int) -> Box:
     """A box's edges (top, bottom, left, right; fractional allowed) widened by `margin` x its height and width
     on each side, rounded outwards, clipped to a (height, width) image."""
     top, bottom, left, right = edges
@@ -190,11 +190,11 @@ def widened(edges: Box | tuple[float, float, float, float], margin: float, heigh
 BOX_SHARE_MARGIN = 0.1  # the lung box of lung_box_share, widened as the default second pass widens it
 
 
-def lung_box_share(mask: np.ndarray, found: Regions) -> float | None:
-    """The share of lung in the mask's own lung box (its two largest regions, `found` = regions(mask), widened
-    by BOX_SHARE_MARGIN per side): how lung-shaped a mask is whatever part of the film the thorax fills. None
+def lung_box_share(mask: np.ndarray, components: Regions) -> float | None:
+    """The share of lung in the mask's own lung box (its two largest regions, `components` = regions(mask),
+    widened by BOX_SHARE_MARGIN per side): how lung-shaped a mask is whatever part of the film the thorax fills. None
     for an empty mask."""
-    lungs = largest_regions_box(found)
+    lungs = largest_regions_box(components)
     if lungs is None:
         return None
     top, bottom, left, right = widened(lungs, BOX_SHARE_MARGIN, *mask.shape)

@@ -24,16 +24,16 @@ def patient_right_on_image_left(patient_orientation: str) -> tuple[bool, bool]:
     return True, True
 
 
-def label_lungs(found: imaging.Regions, right_on_image_left: bool) -> np.ndarray:
+def label_lungs(components: imaging.Regions, right_on_image_left: bool) -> np.ndarray:
     """A mask's regions (imaging.regions) -> (H, W) uint8 labels: RIGHT / LEFT per region, by which side of the
     midline between the two largest regions' centres (or of the image's centre, for one region) it lies on."""
-    if len(found.areas) == 0:
-        return np.zeros(found.labels.shape, dtype=np.uint8)
-    largest = np.argsort(found.areas)[::-1][:2]
-    midline = found.centres[largest].mean() if len(largest) == 2 else found.labels.shape[1] / 2
-    is_right = (found.centres < midline) == right_on_image_left  # per region 1..N
+    if len(components.areas) == 0:
+        return np.zeros(components.labels.shape, dtype=np.uint8)
+    largest = np.argsort(components.areas)[::-1][:2]
+    midline = components.centres[largest].mean() if len(largest) == 2 else components.labels.shape[1] / 2
+    is_right = (components.centres < midline) == right_on_image_left  # per region 1..N
     side_of_label = np.concatenate([[0], np.where(is_right, RIGHT, LEFT)]).astype(np.uint8)
-    return side_of_label[found.labels]
+    return side_of_label[components.labels]
 
 
 def areas(labels: np.ndarray, pixel_spacing_mm: tuple[float, float] | None) -> dict:

@@ -86,10 +86,10 @@ class Segmenter:
         probabilities = framed.full_size(*xray.pixels.shape)
         mask = imaging.to_mask(probabilities, self.model.threshold, self.model.postprocess)
         right_on_left, assumed = lungs.patient_right_on_image_left(xray.dicom.get("PatientOrientation", ""))
-        found = imaging.regions(mask)  # one connected-components pass for labelling and QA
-        labels = lungs.label_lungs(found, right_on_left)
+        components = imaging.regions(mask)  # one connected-components pass for labelling and QA
+        labels = lungs.label_lungs(components, right_on_left)
         area = lungs.areas(labels, xray.dicom.get("pixel_spacing_mm"))
-        checks = qa.describe(mask, found, framed.probabilities, self.model.threshold,
+        checks = qa.describe(mask, components, framed.probabilities, self.model.threshold,
                              self.model.lung_fraction_range, (area["right_lung_pixels"], area["left_lung_pixels"]),
                              self.model.lung_box_share_range)
         return Prediction(mask, labels, probabilities, {**area, "laterality_assumed": assumed, **checks})

@@ -23,7 +23,7 @@ MIN_CONFIDENCE = 0.9
 MAX_UNCERTAIN_SHARE = 0.15
 
 
-def describe(mask: np.ndarray, found: imaging.Regions, probabilities: np.ndarray, threshold: float,
+def describe(mask: np.ndarray, components: imaging.Regions, probabilities: np.ndarray, threshold: float,
              lung_fraction_range: tuple[float, float], lung_pixels: tuple[int, int] | None = None,
              box_share_range: tuple[float, float] | None = None) -> dict:
     """(H, W) bool mask, its regions (imaging.regions(mask)), the model's (S, S) probabilities and optionally
@@ -33,13 +33,15 @@ def describe(mask: np.ndarray, found: imaging.Regions, probabilities: np.ndarray
 
     Confidence and the uncertain share are measured at the model's resolution, where the model decided.
     """
+    if components.labels.shape != mask.shape:
+        raise ValueError(f"regions of a {components.labels.shape} mask given for a {mask.shape} one")
     lung_fraction = float(mask.mean())
-    regions = int((found.areas >= MIN_REGION_SHARE * mask.size).sum())
+    regions = int((components.areas >= MIN_REGION_SHARE * mask.size).sum())
     lung = probabilities > threshold
     lung_count = int(lung.sum())
     confidence = float(probabilities[lung].mean()) if lung_count else 0.0
     uncertain = float(((probabilities > 0.25) & (probabilities < 0.75)).sum() / max(lung_count, 1))
-    box_share = imaging.lung_box_share(mask, found)
+    box_share = imaging.lung_box_share(mask, components)
     flags = []
     if lung_count == 0 or not mask.any():
         flags.append("no_lung")
