@@ -13,6 +13,7 @@ import argparse
 import itertools
 import os
 import re
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,6 +74,10 @@ def main() -> None:
     print(f"{params.model.encoder} U-Net, decoder {list(params.model.decoder_channels)}, {precision}, "
           f"{threads} threads; peak {peak:.0f} GFLOP/s ({unit})")
     loss_fn = build_loss(config)
+    if args.compile:  # compiled code of this run only, never a shared cache filled under other CPU settings
+        inductor_cache = tempfile.TemporaryDirectory(prefix="lungseg-inductor-")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache.name
+        torch._dynamo.config.recompile_limit = 64  # every compiled variant is a recompilation of UNet.forward
     reference = matmul_gflops()
     print(f"2048^3 float32 matrix product: {reference:.0f} GFLOP/s = {100 * reference / peak:.0f}% of peak")
     for size in args.sizes:
@@ -96,7 +101,6 @@ def main() -> None:
                 if compile_model:
                     # Cold, as on a new machine: nothing of an earlier variant's compilation in memory or on disk
                     # (fresh_cache: an empty cache folder, removed afterwards); static shapes, as training uses.
-                    torch._dynamo.reset()
                     model = torch.compile(model, dynamic=False)
                     with fresh_cache():
                         seconds_per_step(model, optimizer, loss_fn, images, masks, precision, 1)
@@ -106,10 +110,12 @@ def main() -> None:
                 variants[name] = (model, optimizer, images, masks)
             # Variants take turns step by step, so a change in the machine's speed hits all of them alike.
             times = {name: [] for name in variants}
+            torch._dynamo.config.error_on_recompile = True  # no compilation inside a timed step
             for _ in range(args.steps):
                 for name, (model, optimizer, images, masks) in variants.items():
                     times[name].append(seconds_per_step(model, optimizer, loss_fn, images, masks, precision, 1,
                                                         warmup=0))
+            torch._dynamo.config.error_on_recompile = False
             for name, measured in times.items():
                 seconds = sorted(measured)[len(measured) // 2]
                 gflops = flops_per_image * batch / seconds / 1e9
