@@ -2,8 +2,10 @@
 so the script cannot rot between the sessions that have a GPU."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -30,3 +32,21 @@ def test_the_dry_run_trains_scores_and_exports_both_recipes(tmp_path):
         assert "checkpoint" not in measured  # no path into the removed working folder
     assert report["export"]["export/mask_agreement"] > 0.9999
     assert (tmp_path / "model.onnx").is_file() and (tmp_path / "gpu_check.log").read_text()
+
+
+def test_a_terminated_check_removes_its_working_folder(tmp_path):
+    """SIGTERM (what `timeout` sends) mid-run: the check stops with 143 and leaves no checkpoints behind."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    check = subprocess.Popen([sys.executable, str(REPO / "tools" / "gpu_check.py"), "--dry-run", "--out",
+                              str(tmp_path), "--wheels", str(tmp_path / "no-wheels")],
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "TMPDIR": str(scratch)})
+    deadline = time.monotonic() + 300
+    while not list(scratch.glob("lungseg-gpu-check-*")) and time.monotonic() < deadline and check.poll() is None:
+        time.sleep(0.2)
+    assert list(scratch.glob("lungseg-gpu-check-*")), "the check never made its working folder"
+    time.sleep(3)  # into the work: imports, data, the first recipe
+    check.send_signal(signal.SIGTERM)
+    assert check.wait(timeout=120) == 128 + signal.SIGTERM
+    assert not list(scratch.glob("lungseg-gpu-check-*")), "a terminated check left its working folder"

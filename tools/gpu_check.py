@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -211,6 +212,10 @@ def export_best(checkpoint_path: str, manifest: Path, out: Path) -> dict:
     return {**result, "onnx": str(path)}
 
 
+def _exit_on_sigterm(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.log and gpu_check.json")
@@ -221,8 +226,10 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     sys.stdout = Tee(args.out / "gpu_check.log")
-    # The working folder holds four checkpoints and training states (about 2.4 GB): removed on return and on any
-    # Python exception, Ctrl-C included (not when the process is killed).
+    # The working folder holds four checkpoints and training states (about 2.4 GB): removed on return, on any
+    # Python exception, Ctrl-C, and SIGTERM (what `timeout` and job schedulers send), which becomes SystemExit
+    # here; only SIGKILL leaves it.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with tempfile.TemporaryDirectory(prefix="lungseg-gpu-check-") as work:
         return run_check(args, Path(work))
 
