@@ -12,6 +12,7 @@ import numpy as np
 
 from lungseg import checkpoint
 from lungseg.data import read_mask
+from lungseg.evaluation import score_masks
 from lungseg.metrics import iou_dice, summarize
 from lungseg.model import torch_runner
 from lungseg.runtime import imaging
@@ -45,9 +46,8 @@ def main() -> None:
                                                    trained.params.model.intensity, threshold, margin, 1)[0]
                     .full_size(*image.shape) for margin in singles}
             for variant in variants:
-                mask = imaging.keep_lungs(np.mean([full[margin] for margin in variant], axis=0) > threshold)
-                counts[variant].append([np.count_nonzero(mask & truth), np.count_nonzero(truth),
-                                        np.count_nonzero(mask)])
+                scores = score_masks(imaging.keep_lungs(np.mean([full[m] for m in variant], axis=0) > threshold), truth)
+                counts[variant].append([scores[key] for key in ("intersection", "truth_pixels", "predicted_pixels")])
         for variant, per_image in counts.items():
             iou, dice = iou_dice(np.array(per_image).sum(0))
             per_image_dice = summarize(iou_dice(np.array(per_image))[1])
