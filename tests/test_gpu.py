@@ -72,7 +72,9 @@ def test_the_train_engine_runs_and_resumes_on_cuda(setup, tmp_path):
 def test_distributed_data_parallel_over_nccl_in_one_process(setup):
     params, config, cuda, loader = setup
     port = free_port()
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1, device_id=cuda)
+    # torch refuses a device_id without an index (distributed.start gives each process cuda:<local rank>)
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
+                            device_id=torch.device("cuda", 0))
     try:
         model = torch.nn.parallel.DistributedDataParallel(build_model(params.model, 1).to(cuda), device_ids=[0])
         run = training(params, config, cuda)
