@@ -37,4 +37,4 @@ gpu-wheels: install
 	$(BIN)/python tools/gpu_wheels.py --out gpu-wheels
 
 gpu-check:
-	python3 tools/gpu_check.py --wheels gpu-wheels --out gpu-check
+	python3 tools/gpu_check.py --wheels gpu-wheels --out gpu-check --profile

@@ -17,16 +17,20 @@ pytestmark = pytest.mark.e2e
 def test_the_dry_run_trains_scores_and_exports_every_recipe(tmp_path):
     scratch = tmp_path / "scratch"  # the check's own temporary folder, which must not outlive it
     scratch.mkdir()
-    result = subprocess.run([sys.executable, str(REPO / "tools" / "gpu_check.py"), "--dry-run", "--out",
-                             str(tmp_path), "--wheels", str(tmp_path / "no-wheels")],
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "gpu_check.py"), "--dry-run", "--profile",
+                             "--out", str(tmp_path), "--wheels", str(tmp_path / "no-wheels")],
                             cwd=REPO, capture_output=True, text=True, timeout=1200,
                             env={**os.environ, "TMPDIR": str(scratch)})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert not list(scratch.glob("lungseg-gpu-check-*")), "the check left its checkpoints behind"
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["complete"] and set(report["recipes"]) == {"default", "paper-resnet101", "lungseg-resnet101-gpu"}
-    for measured in report["recipes"].values():
+    for name, measured in report["recipes"].items():
         assert measured["epochs_run"] == 2 and measured["images_per_second"] > 0
+        profiled = measured["profiled_epoch"]  # 18 training pairs in 5 batches, 2 validation pairs in 1, and
+        assert profiled["loader_calls"] == 5 + 1 + 2  # each loader's last call, which only ends it
+        assert 0 < profiled["loader_wait_seconds_after_the_first"] < profiled["wall_seconds"]
+        assert "convolution" in (tmp_path / f"profile-{name}.txt").read_text()
         assert 0 <= measured["test"]["test/dice"] <= 1 and "test/montgomery/dice" in measured["test"]
         assert "test/dice_worst5pct" in measured["test"] and measured["training_gflop_per_image"] > 0
         assert "checkpoint" not in measured  # no path into the removed working folder

@@ -130,9 +130,42 @@ def prepare(raw_params: dict, work: Path, dry_run: bool):
     return work / "manifest.csv", work / "pipeline.yaml"
 
 
-def train_recipe(name: str, raw: dict, manifest: Path, pipeline: Path, work: Path, budget_s: float) -> dict:
+def profiled_epoch(fit, table_path: Path) -> dict:
+    """One more one-epoch fit (training and validation) under torch.profiler, after the calibration has warmed
+    cuDNN's kernel choice: how its wall time divides into waiting for batches, the host issuing work and the GPU
+    computing. The operator tables (by GPU time and by host time) go to `table_path`."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as profiler:
+        start = time.perf_counter()
+        fit(1, "profile")
+        wall = time.perf_counter() - start
+    events = profiler.key_averages()
+    waits = sorted((event for event in profiler.events() if "DataLoader" in event.name and "__next__" in event.name),
+                   key=lambda event: event.time_range.start)
+    wait_ms = [event.time_range.elapsed_us() / 1e3 for event in waits]
+    launches = sum(event.count for event in events if "LaunchKernel" in event.key)
+    sections = [f"== by GPU time\n{events.table(sort_by='self_device_time_total', row_limit=25)}"] if cuda else []
+    sections.append(f"== by host time\n{events.table(sort_by='self_cpu_time_total', row_limit=25)}")
+    table_path.write_text("\n".join(sections))
+    return {
+        "wall_seconds": wall,
+        "gpu_kernel_seconds": sum(event.self_device_time_total for event in events) / 1e6,
+        "kernel_launches": launches,
+        "loader_calls": len(wait_ms),  # each loader's last call only ends it
+        "first_loader_wait_seconds": wait_ms[0] / 1e3 if wait_ms else None,
+        "loader_wait_seconds_after_the_first": sum(wait_ms[1:]) / 1e3,
+        "table": table_path.name,
+    }
+
+
+def train_recipe(name: str, raw: dict, manifest: Path, pipeline: Path, work: Path, budget_s: float,
+                 profile_to: Path | None = None) -> dict:
     """Time an epoch (a one-epoch and a two-epoch fit), fit the recipe's epochs into the budget, train with the
-    train stage's functions (tracking off), and measure speed, memory, GPU busy share and FLOP utilisation."""
+    train stage's functions (tracking off), and measure speed, memory, GPU busy share and FLOP utilisation; with
+    `profile_to`, one more epoch under the profiler first (profiled_epoch)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -159,6 +192,7 @@ def train_recipe(name: str, raw: dict, manifest: Path, pipeline: Path, work: Pat
     one_epoch = wall_seconds(1)
     seconds_per_epoch = wall_seconds(2) - one_epoch if planned > 1 else one_epoch
     epochs = max(1, min(planned, int(budget_s / max(seconds_per_epoch, 1e-6))))
+    profiled = profiled_epoch(fit, profile_to) if profile_to else None
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -185,7 +219,7 @@ def train_recipe(name: str, raw: dict, manifest: Path, pipeline: Path, work: Pat
         "achieved_tflops": achieved / 1e12, "bf16_dense_peak_tflops": peak / 1e12 if peak else None,
         "model_flop_utilisation": achieved / peak if peak else None,
         "kept_val_dice": result.summary["kept/val/dice"], "kept_epoch": result.summary["kept/epoch"],
-        "checkpoint": str(work / f"{name}-run.pt"),
+        **({"profiled_epoch": profiled} if profiled else {}), "checkpoint": str(work / f"{name}-run.pt"),
     }
 
 
@@ -242,6 +276,8 @@ def main() -> int:
     parser.add_argument("--budget-s", type=float, default=150.0, help="training seconds per recipe (cuts epochs)")
     parser.add_argument("--dry-run", action="store_true", help="2 epochs, 64 px, a few images, on the CPU")
     parser.add_argument("--skip-tests", action="store_true", help="do not run the tests marked gpu")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one extra epoch per recipe: OUT/profile-<recipe>.txt, summary in the JSON")
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES),
                         help="which to train (default: all)")
     args = parser.parse_args()
@@ -288,7 +324,8 @@ def run_check(args: argparse.Namespace, work: Path) -> int:
             raw = recipes.with_changes(raw, DRY_RUN)
         (work / "params.yaml").write_text(yaml.safe_dump(raw))
         print(f"\n== {name}: {recipe.relative_to(REPO) if recipe else 'params.yaml'}")
-        measured = train_recipe(name, raw, manifest, pipeline, work, args.budget_s)
+        measured = train_recipe(name, raw, manifest, pipeline, work, args.budget_s,
+                                args.out / f"profile-{name}.txt" if args.profile else None)
         measured["test"] = score(measured["checkpoint"], manifest, raw)
         checkpoints[name] = measured.pop("checkpoint")  # in the working folder, which is removed on return
         results["recipes"][name] = measured
