@@ -8,6 +8,7 @@ first item by item in this process on one thread, then as batches from a DataLoa
 import argparse
 import time
 
+import cv2
 import torch
 
 from lungseg import augment, data, tables
@@ -15,16 +16,17 @@ from lungseg.config import load_params
 
 
 def items_per_second(dataset: data.XrayDataset) -> float:
+    """Every item of the dataset, one by one in this process."""
     start = time.perf_counter()
     for index in range(len(dataset)):
         dataset[index]
     return len(dataset) / (time.perf_counter() - start)
 
 
-def batches_per_second(dataset: data.XrayDataset, batch_size: int, workers: int, epochs: int) -> float:
+def loader_items_per_second(dataset: data.XrayDataset, batch_size: int, workers: int, epochs: int) -> float:
     """Items per second through the train stage's loader (persistent workers), after one untimed epoch that
     starts them."""
-    loader = data.build_loader(dataset, batch_size, True, 0, workers)
+    loader = data.build_loader(dataset, batch_size=batch_size, shuffle=True, seed=0, num_workers=workers)
     for _ in loader:
         pass
     start = time.perf_counter()
@@ -44,7 +46,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=2, help="timed loader epochs per worker count")
     args = parser.parse_args()
-    torch.set_num_threads(1)  # one core per worker, as on a GPU host where the other cores run other workers
+    # One thread in this process, torch's and OpenCV's (albumentations' warps and CLAHE), as in a loader worker.
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
     params = load_params(args.params)
     rows = tables.split_rows(tables.read_manifest(args.manifest), "train")
     pipeline = augment.load_pipeline(args.pipeline)
@@ -53,7 +57,7 @@ def main() -> None:
         print(f"{size} px, {len(dataset)} training pairs: {items_per_second(dataset):.0f} items/s one by one "
               f"on one thread", flush=True)
         for workers in args.workers:
-            rate = batches_per_second(dataset, args.batch_size, workers, args.epochs)
+            rate = loader_items_per_second(dataset, args.batch_size, workers, args.epochs)
             print(f"{size} px, batches of {args.batch_size}, {workers} workers: {rate:.0f} items/s", flush=True)
 
 

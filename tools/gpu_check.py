@@ -10,10 +10,12 @@ pydantic) travels as wheels built beforehand by `make gpu-wheels`. No DVC, MLflo
     make gpu-check                                    # on the GPU host: results in gpu-check/
     python3 tools/gpu_check.py --dry-run --out /tmp/c # 2 epochs, 64 px, a few images, on the CPU (the test suite)
 
-Writes OUT/gpu_check.log (everything printed) and OUT/gpu_check.json: per recipe, epochs planned and run,
-seconds per epoch, images per second, peak GPU memory, GPU busy share, model FLOP utilisation against the GPU's
-bf16 dense peak, test Dice/IoU overall, per source and worst 5%; the gpu tests' outcome; the export. The JSON is
-rewritten after every recipe, so a check stopped by a time limit keeps what it finished ("complete": false).
+Writes into OUT: gpu_check.log (everything printed); gpu_check.json (the arguments, host and driver; per recipe,
+loader workers, epochs planned and run, seconds per epoch, images per second, peak GPU memory, GPU busy share,
+model FLOP utilisation against the GPU's bf16 dense peak, test Dice/IoU overall, per source and worst 5%; the gpu
+tests' outcome; the export), rewritten after every step, so a check stopped by a time limit keeps what it
+finished ("complete": false, "running": the step it was in); gpu_tests.xml (the tests' JUnit report);
+model.onnx (the best recipe's export); with --profile, profile-<recipe>.txt (operator tables).
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ RECIPES = {"default": None,
 # bf16 dense tensor-core peaks (FLOP/s) from NVIDIA's data sheets, by a part of the device name.
 BF16_PEAKS = {"H200": 989.4e12, "H100 PCIe": 756.0e12, "H100 NVL": 835.0e12, "H100": 989.4e12, "A100": 312.0e12,
               "L40S": 362.0e12, "RTX 4090": 165.2e12}
-DRY_RUN = {"train": {"image_size": 64, "epochs": 2, "batch_size": 4, "device": "cpu", "num_workers": 0},
+# One loader worker, as a GPU host has them (the test suite stops a check with its workers running).
+DRY_RUN = {"train": {"image_size": 64, "epochs": 2, "batch_size": 4, "device": "cpu", "num_workers": 1},
            "evaluate": {"batch_size": 4}}
 DRY_RUN_PAIRS = 12  # per source
 
@@ -131,45 +134,50 @@ def prepare(raw_params: dict, work: Path, dry_run: bool):
 
 
 def profiled_epoch(fit, table_path: Path) -> dict:
-    """One more one-epoch fit (training and validation) under torch.profiler, after the calibration has warmed
-    cuDNN's kernel choice: how its wall time divides into waiting for batches, the host issuing work and the GPU
-    computing. The operator tables (by GPU time and by host time) go to `table_path`."""
+    """One more one-epoch fit (training and validation) under torch.profiler, after a warm-up fit has taken
+    CUDA's start and cuDNN's kernel search. Records, for a look at where the time goes: the fit's wall time, the
+    epoch's own seconds and training images/s, the GPU's kernel time, the kernel launches, and the time spent
+    waiting for batches (these overlap: the host queues kernels while the GPU runs earlier ones). The operator
+    tables (by GPU time and by host time) go to `table_path`."""
     import torch
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = torch.cuda.is_available()
     with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as profiler:
-        start = time.perf_counter()
-        fit(1, "profile")
-        wall = time.perf_counter() - start
+        _, result, wall = fit(1, "profile")
     events = profiler.key_averages()
-    waits = sorted((event for event in profiler.events() if "DataLoader" in event.name and "__next__" in event.name),
-                   key=lambda event: event.time_range.start)
-    wait_ms = [event.time_range.elapsed_us() / 1e3 for event in waits]
-    launches = sum(event.count for event in events if "LaunchKernel" in event.key)
+    # Kernels only, as torch's own table totals them: an operator's row repeats its kernels' time.
+    kernel_us = sum(event.self_device_time_total for event in events
+                    if event.device_type == DeviceType.CUDA and not event.is_user_annotation)
+    waits_ms = [event.time_range.elapsed_us() / 1e3 for event in profiler.events()
+                if "DataLoader" in event.name and "__next__" in event.name]
     sections = [f"== by GPU time\n{events.table(sort_by='self_device_time_total', row_limit=25)}"] if cuda else []
     sections.append(f"== by host time\n{events.table(sort_by='self_cpu_time_total', row_limit=25)}")
     table_path.write_text("\n".join(sections))
+    epoch = result.history[0]
     return {
-        "wall_seconds": wall,
-        "gpu_kernel_seconds": sum(event.self_device_time_total for event in events) / 1e6,
-        "kernel_launches": launches,
-        "loader_calls": len(wait_ms),  # each loader's last call only ends it
-        "first_loader_wait_seconds": wait_ms[0] / 1e3 if wait_ms else None,
-        "loader_wait_seconds_after_the_first": sum(wait_ms[1:]) / 1e3,
+        "fit_wall_seconds": wall,
+        "epoch_seconds": epoch["seconds"],
+        "train_images_per_second": epoch["train/images_per_second"],
+        "gpu_kernel_seconds": kernel_us / 1e6,
+        "kernel_launches": sum(event.count for event in events if "LaunchKernel" in event.key),
+        "loader_calls": len(waits_ms),  # both loaders; each one's last call only ends it
+        "loader_wait_seconds": sum(waits_ms) / 1e3,
+        "longest_loader_wait_seconds": max(waits_ms, default=0.0) / 1e3,
         "table": table_path.name,
     }
 
 
 def train_recipe(name: str, raw: dict, manifest: Path, pipeline: Path, work: Path, budget_s: float,
                  profile_to: Path | None = None) -> dict:
-    """Time an epoch (a one-epoch and a two-epoch fit), fit the recipe's epochs into the budget, train with the
-    train stage's functions (tracking off), and measure speed, memory, GPU busy share and FLOP utilisation; with
-    `profile_to`, one more epoch under the profiler first (profiled_epoch)."""
+    """Warm up, time an epoch, fit the recipe's epochs into the budget and train them with the train stage's
+    functions (tracking off), measuring speed, memory, GPU busy share and FLOP utilisation; with `profile_to`, one
+    more epoch under the profiler before the run (profiled_epoch)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from lungseg import checkpoint, recipes, trainer
+    from lungseg import checkpoint, data, recipes, trainer
     from lungseg.config import parse_params
     from lungseg.model import build_model
 
@@ -177,28 +185,33 @@ def train_recipe(name: str, raw: dict, manifest: Path, pipeline: Path, work: Pat
     inputs = trainer.TrainInputs(work / "params.yaml", manifest, pipeline)
 
     def fit(epochs: int, tag: str):
+        """Train `epochs` epochs; the params, the result and the wall time. Only the run's checkpoint is kept."""
         params = parse_params(recipes.with_changes(raw, {"train": {"epochs": epochs}}))
         destinations = checkpoint.Destinations(work / f"{name}-{tag}.pt", work / f"{name}-{tag}-state.pt", {})
-        return params, trainer.train(params, inputs, destinations, {}, work, track=False)
-
-    def wall_seconds(epochs: int) -> float:
         start = time.perf_counter()
-        fit(epochs, "calibration")
-        return time.perf_counter() - start
+        result = trainer.train(params, inputs, destinations, {}, work, track=False)
+        wall = time.perf_counter() - start
+        destinations.state.unlink(missing_ok=True)
+        if tag != "run":
+            destinations.kept.unlink(missing_ok=True)
+        return params, result, wall
 
-    # One epoch's whole wall time, checkpoint writing included (the history's seconds leave it out: a third of an
-    # epoch at ResNet-101 on an H200): a two-epoch fit less a one-epoch fit, so that what happens once is not
-    # counted per epoch (cuDNN's kernel search and the workers' start: the first batch took 23 s there).
-    one_epoch = wall_seconds(1)
-    seconds_per_epoch = wall_seconds(2) - one_epoch if planned > 1 else one_epoch
-    epochs = max(1, min(planned, int(budget_s / max(seconds_per_epoch, 1e-6))))
+    # What happens once per process and input size (CUDA's start, cuDNN's kernel search) goes into a warm-up fit.
+    # Then one epoch's whole wall time, checkpoint writing included (an epoch row's seconds leave it out): a
+    # two-epoch fit less a one-epoch fit, at least the two-epoch fit's last epoch row.
+    _, _, warm_up_wall = fit(1, "warm-up")
+    _, _, one_epoch_wall = fit(1, "calibration")
+    if planned > 1:
+        _, two_epochs, two_epochs_wall = fit(2, "calibration")
+        seconds_per_epoch = max(two_epochs_wall - one_epoch_wall, two_epochs.history[-1]["seconds"])
+    else:
+        seconds_per_epoch = one_epoch_wall
+    epochs = max(1, min(planned, int(budget_s / seconds_per_epoch)))
     profiled = profiled_epoch(fit, profile_to) if profile_to else None
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
     with GpuSampler() as sampler:
-        params, result = fit(epochs, "run")
-    wall = time.perf_counter() - start
+        params, result, wall = fit(epochs, "run")
     history = result.history
     images_per_second = sum(r["train/images_per_second"] * r["seconds"] for r in history) / sum(
         r["seconds"] for r in history)
@@ -209,10 +222,13 @@ def train_recipe(name: str, raw: dict, manifest: Path, pipeline: Path, work: Pat
     device_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
     peak = next((flops for key, flops in BF16_PEAKS.items() if key in device_name), None)
     achieved = training_flops * images_per_second
+    workers = data.worker_count(params.train.num_workers, "cuda" if torch.cuda.is_available() else "cpu")
     return {
         "recipe": name, "device": device_name, "epochs_planned": planned, "epochs_run": epochs,
-        "seconds_per_epoch": wall / epochs, "train_wall_seconds": wall,
-        "extrapolated_seconds_for_planned_epochs": wall / epochs * planned,
+        "loader_workers": workers, "warm_up_fit_seconds": warm_up_wall,
+        "calibrated_seconds_per_epoch": seconds_per_epoch, "seconds_per_epoch": wall / epochs,
+        "train_wall_seconds": wall, "epoch_rows_seconds": result.summary["run/seconds"],
+        "extrapolated_seconds_for_planned_epochs": wall + (planned - epochs) * seconds_per_epoch,
         "images_per_second": images_per_second,
         "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         "gpu_busy_share": sampler.busy, "training_gflop_per_image": training_flops / 1e9,
@@ -260,12 +276,28 @@ def export_best(checkpoint_path: str, manifest: Path, out: Path) -> dict:
 
 
 def write_report(path: Path, results: dict, started: float) -> None:
-    """The results so far, with the seconds since the check started."""
+    """The results so far, with the seconds since the check started; whole or not at all (a signal between
+    opening and writing leaves the previous report)."""
     results["seconds"] = time.perf_counter() - started
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(partial, path)
+
+
+def gpu_driver() -> str | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml.nvmlSystemGetDriverVersion()
+    except Exception:  # no NVML (CPU dry run)
+        return None
 
 
 def _exit_on_sigterm(signum: int, frame) -> None:
+    # torch's DataLoader raises from its SIGCHLD handler for each worker that a signal killed (`timeout` signals
+    # the whole process group); on an H200 that broke off the removal of the working folder.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     raise SystemExit(128 + signum)
 
 
@@ -283,12 +315,16 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     sys.stdout = Tee(args.out / "gpu_check.log")
-    # The working folder holds four checkpoints and training states (about 2.4 GB): removed on return, on any
+    # The working folder holds each recipe's kept checkpoint and the training fit's state (at most about 1.4 GB
+    # with both ResNet-101 recipes: 53 million parameters, Adam's two moments). It is removed on return, on any
     # Python exception, Ctrl-C, and SIGTERM (what `timeout` and job schedulers send), which becomes SystemExit
     # here; only SIGKILL leaves it.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with tempfile.TemporaryDirectory(prefix="lungseg-gpu-check-") as work:
-        return run_check(args, Path(work))
+        try:
+            return run_check(args, Path(work))
+        finally:  # as in _exit_on_sigterm, when the workers' deaths arrive first
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 def run_check(args: argparse.Namespace, work: Path) -> int:
@@ -299,7 +335,9 @@ def run_check(args: argparse.Namespace, work: Path) -> int:
     import yaml
 
     results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "dry_run": args.dry_run,
-                     "python": platform.python_version(), "wheels_installed": installed, "recipes": {}}
+                     "arguments": {key: str(value) for key, value in vars(args).items()},
+                     "python": platform.python_version(), "cpu_count": os.cpu_count(), "driver": gpu_driver(),
+                     "wheels_installed": installed, "recipes": {}}
     import torch
 
     results["torch"], results["cuda"] = torch.__version__, torch.cuda.is_available()
@@ -318,6 +356,8 @@ def run_check(args: argparse.Namespace, work: Path) -> int:
     results["complete"] = False
     write_report(report, results, started)
     for name in args.recipes:
+        results["running"] = name
+        write_report(report, results, started)
         recipe = RECIPES[name]
         raw = recipes.apply(base, recipe) if recipe else base
         if args.dry_run:
@@ -331,9 +371,12 @@ def run_check(args: argparse.Namespace, work: Path) -> int:
         results["recipes"][name] = measured
         print(json.dumps(measured, indent=2))
         write_report(report, results, started)
+    results["running"] = "export"
+    write_report(report, results, started)
     best = max(results["recipes"], key=lambda name: results["recipes"][name]["test"]["test/dice"])
     results["export"] = {"recipe": best, **export_best(checkpoints[best], manifest, args.out)}
     results["complete"] = True
+    del results["running"]
     write_report(report, results, started)
     print(f"\nwrote {report} after {results['seconds']:.0f} s")
     tests_ok = results.get("gpu_tests", {}).get("exit_code", 0) == 0
