@@ -177,7 +177,7 @@ def train_recipe(name: str, raw: dict, manifest: Path, pipeline: Path, work: Pat
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from lungseg import checkpoint, data, recipes, trainer
+    from lungseg import checkpoint, data, engine, recipes, trainer
     from lungseg.config import parse_params
     from lungseg.model import build_model
 
@@ -222,7 +222,7 @@ def train_recipe(name: str, raw: dict, manifest: Path, pipeline: Path, work: Pat
     device_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
     peak = next((flops for key, flops in BF16_PEAKS.items() if key in device_name), None)
     achieved = training_flops * images_per_second
-    workers = data.worker_count(params.train.num_workers, "cuda" if torch.cuda.is_available() else "cpu")
+    workers = data.worker_count(params.train.num_workers, engine.select_device(params.train.device).type)
     return {
         "recipe": name, "device": device_name, "epochs_planned": planned, "epochs_run": epochs,
         "loader_workers": workers, "warm_up_fit_seconds": warm_up_wall,
