@@ -354,7 +354,6 @@ def run_check(args: argparse.Namespace, work: Path) -> int:
 
     report, checkpoints = args.out / "gpu_check.json", {}
     results["complete"] = False
-    write_report(report, results, started)
     for name in args.recipes:
         results["running"] = name
         write_report(report, results, started)
