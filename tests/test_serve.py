@@ -1,7 +1,9 @@
-"""The real HTTP service on a loopback port: good requests, bad requests, and a concurrent burst."""
+"""The real HTTP service on a loopback port: good requests, bad requests, a concurrent burst, and a stop with a
+request in flight."""
 import http.client
 import io
 import json
+import signal
 import socket
 import subprocess
 import time
@@ -196,3 +198,45 @@ def test_health_answers_while_large_images_are_being_decoded(service, real_xray)
         health_seconds = time.perf_counter() - start
         assert [f.result()[0] for f in pending] == [200, 200]
     assert health_seconds < 0.5, health_seconds  # decoding runs in worker threads, never on the event loop
+
+
+def test_sigterm_stops_accepting_and_lets_a_request_in_flight_finish(tiny_onnx, real_xray):
+    port = free_port()
+    process = subprocess.Popen([str(BIN / "lungseg"), "serve", "--model", str(tiny_onnx), "--port", str(port),
+                                "--threads", "1", "--body-timeout", "30"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    body = png_bytes(real_xray[0])
+    try:
+        wait_for_http(f"{url}/health", process)
+        expected = post(url, body)
+        in_flight = socket.create_connection(("127.0.0.1", port), timeout=30)
+        in_flight.sendall(b"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+                          + body[: len(body) // 2])
+        deadline = time.monotonic() + 10
+        while json.load(urllib.request.urlopen(f"{url}/health"))["busy"] < 1:
+            assert time.monotonic() < deadline, "the half-sent request was not admitted"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while True:  # the listening socket closes at once ...
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except ConnectionRefusedError:
+                break
+            assert time.monotonic() < deadline, "still accepting connections 10 s after SIGTERM"
+            time.sleep(0.05)
+        time.sleep(1)  # longer than uvicorn's own pause before it stops waiting (0.1 s)
+        assert process.poll() is None, "the service exited with a request in flight"
+        in_flight.sendall(body[len(body) // 2:])  # ... while the request in flight is still answered
+        answer = b""
+        while chunk := in_flight.recv(65536):
+            answer += chunk
+        in_flight.close()
+        head, _, mask = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK") and b"content-type: image/png" in head.lower(), head
+        assert mask == expected[2]
+        assert process.wait(timeout=10) == -signal.SIGTERM  # then it exits as a signal does (143 in a shell)
+    finally:
+        process.kill()
+        process.wait(timeout=20)
