@@ -46,7 +46,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=2, help="timed loader epochs per worker count")
     args = parser.parse_args()
-    # One thread in this process, torch's and OpenCV's (albumentations' warps and CLAHE), as in a loader worker.
+    # One thread in this process and (inherited) in its workers: torch's, as in any loader worker, and OpenCV's
+    # (albumentations' warps and CLAHE), so that a figure is per core; the train stage's workers keep OpenCV's
+    # default pool (docs/benchmarks.md says why).
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     params = load_params(args.params)

@@ -1,13 +1,20 @@
+import threading
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
-from lungseg.data import DataError, assign_splits, collect_records, find_pairs, label_from_name, read_mask, split_counts
+from lungseg.augment import build_augmentations
+from lungseg.config import load_params
+from lungseg.data import (DataError, XrayDataset, assign_splits, build_loader, collect_records, find_pairs,
+                          label_from_name, read_mask, split_counts)
+from lungseg.runtime import imaging
 from lungseg.runtime.decode import ImageReadError, read_grayscale
-from conftest import SOURCES, copy_pairs, real_pair_names
+from conftest import REPO, SOURCES, copy_pairs, real_pair_names
 
 FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
 
@@ -181,3 +188,27 @@ def test_two_images_of_one_name_are_refused_by_name(sources):
     Image.open(image).save(image.with_suffix(".png"))
     with pytest.raises(DataError, match=f"{image.stem}.png: {image.name} has the same name"):
         collect_records(sources, skip_bad=False)
+
+
+def _batches_within(loader, seconds: float = 60) -> list[torch.Tensor]:
+    """The loader's images, batch by batch; fails instead of hanging when its workers deadlock."""
+    images: list[torch.Tensor] = []
+    reader = threading.Thread(target=lambda: images.extend(batch[0] for batch in loader), daemon=True)
+    reader.start()
+    reader.join(seconds)
+    assert not reader.is_alive(), f"the loader's workers gave nothing for {seconds} s"
+    return images
+
+
+def test_loader_workers_draw_their_own_augmentations(real_xray):
+    # The training process has used OpenCV's thread pool before its workers fork (it resizes every film): a worker
+    # that then sets OpenCV's thread count deadlocks (OpenCV 5.0), so the workers must leave it alone.
+    image = cv2.warpAffine(real_xray[0], np.float32([[1, 0, 3], [0, 1, 2]]), real_xray[0].shape[::-1])
+    image, mask = imaging.resize_image(image, 64), imaging.resize_mask_soft(real_xray[1], 64)
+    dataset = XrayDataset(np.stack([image] * 4), np.stack([mask] * 4), "none",
+                          build_augmentations(load_params(REPO / "params.yaml").augment))
+    # Unshuffled batches of one: items 0 and 2 come from worker 0, items 1 and 3 from worker 1.
+    first, second = _batches_within(build_loader(dataset, 1, False, 0, num_workers=2))[:2]
+    assert not torch.equal(first, second)  # forked copies of one random state would draw the same
+    again = _batches_within(build_loader(dataset, 1, False, 0, num_workers=2))[:2]
+    assert torch.equal(again[0], first) and torch.equal(again[1], second)  # and the seeded loader repeats them
