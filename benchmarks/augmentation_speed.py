@@ -4,6 +4,7 @@ the train stage loads them) go through the committed augmentation pipeline and t
 first item by item in this process on one thread, then as batches from a DataLoader with each worker count.
 
     .venv/bin/python benchmarks/augmentation_speed.py --sizes 128 256 --workers 0 2 --batch-size 16 --epochs 2
+    .venv/bin/python benchmarks/augmentation_speed.py --sizes 256 --workers 2 --opencv-threads -1
 """
 import argparse
 import time
@@ -45,12 +46,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=2, help="timed loader epochs per worker count")
+    parser.add_argument("--opencv-threads", type=int, default=1,
+                        help="OpenCV threads in this process and its workers (default 1; -1: OpenCV's default)")
     args = parser.parse_args()
-    # One thread in this process and (inherited) in its workers: torch's, as in any loader worker, and OpenCV's
-    # (albumentations' warps and CLAHE), so that a figure is per core; the train stage's workers keep OpenCV's
-    # default pool (docs/benchmarks.md says why).
+    # torch on one thread in this process, as in any loader worker; OpenCV (albumentations' warps, the intensity
+    # step's CLAHE) on the threads asked for, here and, inherited, in the workers. With one, each process uses one
+    # core; the train stage's workers keep OpenCV's default, a pool of all cores (docs/benchmarks.md says why).
     torch.set_num_threads(1)
-    cv2.setNumThreads(1)
+    cv2.setNumThreads(args.opencv_threads)
     params = load_params(args.params)
     rows = tables.split_rows(tables.read_manifest(args.manifest), "train")
     pipeline = augment.load_pipeline(args.pipeline)

@@ -193,22 +193,40 @@ def test_two_images_of_one_name_are_refused_by_name(sources):
 def _batches_within(loader, seconds: float = 60) -> list[torch.Tensor]:
     """The loader's images, batch by batch; fails instead of hanging when its workers deadlock."""
     images: list[torch.Tensor] = []
-    reader = threading.Thread(target=lambda: images.extend(batch[0] for batch in loader), daemon=True)
+    failures: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            images.extend(batch[0] for batch in loader)
+        except BaseException as failure:  # raised again in the test, not lost in the thread
+            failures.append(failure)
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     reader.join(seconds)
-    assert not reader.is_alive(), f"the loader's workers gave nothing for {seconds} s"
+    assert not reader.is_alive(), f"the loader had not finished within {seconds} s: its workers hang"
+    if failures:
+        raise failures[0]
     return images
 
 
 def test_loader_workers_draw_their_own_augmentations(real_xray):
-    # The training process has used OpenCV's thread pool before its workers fork (it resizes every film): a worker
-    # that then sets OpenCV's thread count deadlocks (OpenCV 5.0), so the workers must leave it alone.
-    image = cv2.warpAffine(real_xray[0], np.float32([[1, 0, 3], [0, 1, 2]]), real_xray[0].shape[::-1])
-    image, mask = imaging.resize_image(image, 64), imaging.resize_mask_soft(real_xray[1], 64)
-    dataset = XrayDataset(np.stack([image] * 4), np.stack([mask] * 4), "none",
-                          build_augmentations(load_params(REPO / "params.yaml").augment))
-    # Unshuffled batches of one: items 0 and 2 come from worker 0, items 1 and 3 from worker 1.
-    first, second = _batches_within(build_loader(dataset, 1, False, 0, num_workers=2))[:2]
+    params = load_params(REPO / "params.yaml")
+    cv2.setNumThreads(2)  # a pool to inherit, even on a one-core machine
+    try:
+        # A full-size warp puts OpenCV's thread pool to work in this process before the workers fork, as the
+        # training process's own OpenCV calls do: a worker that then sets OpenCV's thread count deadlocks
+        # (OpenCV 5.0), so the workers leave it alone and use the pool they inherit (CLAHE in the intensity step).
+        image = cv2.warpAffine(real_xray[0], np.float32([[1, 0, 3], [0, 1, 2]]), real_xray[0].shape[::-1])
+        image, mask = imaging.resize_image(image, 64), imaging.resize_mask_soft(real_xray[1], 64)
+        dataset = XrayDataset(np.stack([image] * 4), np.stack([mask] * 4), params.model.intensity,
+                              build_augmentations(params.augment))
+        # Unshuffled batches of one: items 0 and 2 come from worker 0, items 1 and 3 from worker 1.
+        first, second = _batches_within(build_loader(dataset, 1, False, 0, num_workers=2))[:2]
+        again = _batches_within(build_loader(dataset, 1, False, 0, num_workers=2))[:2]
+        other_seed = _batches_within(build_loader(dataset, 1, False, 1, num_workers=2))[:2]
+    finally:
+        cv2.setNumThreads(-1)
     assert not torch.equal(first, second)  # forked copies of one random state would draw the same
-    again = _batches_within(build_loader(dataset, 1, False, 0, num_workers=2))[:2]
-    assert torch.equal(again[0], first) and torch.equal(again[1], second)  # and the seeded loader repeats them
+    assert torch.equal(again[0], first) and torch.equal(again[1], second)  # the seeded loader repeats them
+    assert not torch.equal(other_seed[0], first)  # and the loader's seed, not the worker's number, sets them

@@ -200,13 +200,17 @@ def test_health_answers_while_large_images_are_being_decoded(service, real_xray)
     assert health_seconds < 0.5, health_seconds  # decoding runs in worker threads, never on the event loop
 
 
-def test_sigterm_stops_accepting_and_lets_a_request_in_flight_finish(tiny_onnx, real_xray):
+@pytest.mark.parametrize("sig, exit_code", [(signal.SIGTERM, -signal.SIGTERM), (signal.SIGINT, 0)],
+                         ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_refuses_new_connections_and_lets_a_request_in_flight_finish(tiny_onnx, real_xray, sig,
+                                                                                  exit_code):
     port = free_port()
     process = subprocess.Popen([str(BIN / "lungseg"), "serve", "--model", str(tiny_onnx), "--port", str(port),
                                 "--threads", "1", "--body-timeout", "30"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     body = png_bytes(real_xray[0])
+    in_flight = None
     try:
         wait_for_http(f"{url}/health", process)
         expected = post(url, body)
@@ -214,29 +218,33 @@ def test_sigterm_stops_accepting_and_lets_a_request_in_flight_finish(tiny_onnx, 
         in_flight.sendall(b"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
                           + body[: len(body) // 2])
         deadline = time.monotonic() + 10
-        while json.load(urllib.request.urlopen(f"{url}/health"))["busy"] < 1:
+        while json.load(urllib.request.urlopen(f"{url}/health", timeout=2))["busy"] < 1:
             assert time.monotonic() < deadline, "the half-sent request was not admitted"
             time.sleep(0.05)
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(sig)
         deadline = time.monotonic() + 10
         while True:  # the listening socket closes at once ...
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
             except ConnectionRefusedError:
                 break
-            assert time.monotonic() < deadline, "still accepting connections 10 s after SIGTERM"
+            assert time.monotonic() < deadline, f"still accepting connections 10 s after {sig.name}"
             time.sleep(0.05)
-        time.sleep(1)  # longer than uvicorn's own pause before it stops waiting (0.1 s)
+        time.sleep(1)  # a service without a grace period exits about 0.1 s after it stops accepting
         assert process.poll() is None, "the service exited with a request in flight"
         in_flight.sendall(body[len(body) // 2:])  # ... while the request in flight is still answered
         answer = b""
         while chunk := in_flight.recv(65536):
             answer += chunk
-        in_flight.close()
         head, _, mask = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200 OK") and b"content-type: image/png" in head.lower(), head
         assert mask == expected[2]
-        assert process.wait(timeout=10) == -signal.SIGTERM  # then it exits as a signal does (143 in a shell)
+        assert process.wait(timeout=10) == exit_code  # then exits: SIGTERM as a signal does (143 in a shell)
+    except AssertionError as failure:
+        process.kill()
+        raise AssertionError(f"{failure}\nservice log:\n{process.communicate(timeout=20)[0]}") from failure
     finally:
+        if in_flight is not None:
+            in_flight.close()
         process.kill()
         process.wait(timeout=20)
