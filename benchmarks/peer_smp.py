@@ -4,13 +4,13 @@ train stage's own epoch function, taking turns epoch by epoch, so a drift in the
 
 Prints training images/s of each and their ratio; CPU inference images/s on 2 threads for lungseg's ONNX
 Runtime path and the peer's PyTorch eager path and their ratio; test Dice of each at 512x512 after the same
-training budget; and lungseg's achieved inference GFLOP/s against this CPU's peak (cores x AVX2 FMA).
+training budget; and lungseg's achieved GFLOP/s against this CPU's peaks (benchmarks/cpu_peaks.py): inference
+against each float32 unit, training against the unit its precision uses.
 
     .venv/bin/pip install -e ".[bench]"   # segmentation-models-pytorch, a benchmark-only dependency
     .venv/bin/python benchmarks/peer_smp.py              # the default's epochs; --epochs 1 for a quick look
 """
 import argparse
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +26,7 @@ from lungseg.config import load_params
 from lungseg.losses import build_loss
 from lungseg.model import build_model, torch_runner
 from lungseg.runtime.model_file import INPUT_NAME, OUTPUT_NAME, create_session
+from cpu_peaks import cpu_peaks, training_peak
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -68,15 +69,6 @@ def inference_rate(run_model, size: int, count: int) -> float:
     for _ in range(count):
         run_model(batch)
     return count / (time.perf_counter() - start)
-
-
-def cpu_peaks_gflops(cores: int) -> tuple[float, float | None, float]:
-    """fp32 peaks: cores x GHz x 32 FLOP/cycle with AVX2 FMA (2 units x 8 lanes x 2), and x 64 with AVX-512
-    when the CPU has it (None otherwise); and the clock in GHz."""
-    info = Path("/proc/cpuinfo").read_text()
-    ghz = max(float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", info)) / 1000
-    avx512 = cores * ghz * 64 if re.search(r"\bavx512f\b", info) else None
-    return cores * ghz * 32, avx512, ghz
 
 
 def main() -> None:
@@ -125,7 +117,9 @@ def main() -> None:
     with FlopCounterMode(display=False) as counter:
         ours(torch.rand(1, 1, size, size))
     flops = counter.get_total_flops()
-    avx2_peak, avx512_peak, ghz = cpu_peaks_gflops(args.threads)
+    peaks = cpu_peaks(args.threads)
+    precision = engine.training_precision(CPU, params.train.mixed_precision)
+    training_peak_gflops, training_unit = training_peak(peaks, precision)
     achieved = flops * results["lungseg"]["infer_ips"] / 1e9
     training_achieved = 3 * flops * results["lungseg"]["train_ips"] / 1e9
 
@@ -137,14 +131,13 @@ def main() -> None:
     print(f"\nlungseg / peer: training {ours_r['train_ips'] / peer_r['train_ips']:.2f}x, "
           f"CPU inference {ours_r['infer_ips'] / peer_r['infer_ips']:.2f}x, "
           f"Dice {ours_r['dice'] - peer_r['dice']:+.4f}")
-    print(f"lungseg inference: {flops / 1e9:.2f} GFLOP per image (FlopCounterMode), {achieved:.1f} GFLOP/s achieved; "
-          f"AVX2 FMA peak {avx2_peak:.0f} GFLOP/s ({args.threads} cores x {ghz:.2f} GHz x 32 FLOP/cycle) = "
-          f"{100 * achieved / avx2_peak:.0f}%")
-    print(f"lungseg training: {3 * flops / 1e9:.2f} GFLOP per image (3 x forward), {training_achieved:.1f} GFLOP/s "
-          f"achieved = {100 * training_achieved / avx2_peak:.0f}% of the AVX2 FMA peak")
-    if avx512_peak:
-        print(f"this CPU also has AVX-512, which ONNX Runtime uses: peak {avx512_peak:.0f} GFLOP/s (x 64 FLOP/cycle) "
-              f"= {100 * achieved / avx512_peak:.0f}% of it")
+    inference_peaks = ", ".join(f"{100 * achieved / peak:.0f}% of the {unit} peak ({peak:.0f} GFLOP/s)"
+                                for unit, peak in peaks.gflops.items() if unit.endswith("float32"))
+    print(f"lungseg inference (float32, ONNX Runtime): {flops / 1e9:.2f} GFLOP per image (FlopCounterMode), "
+          f"{achieved:.1f} GFLOP/s achieved = {inference_peaks}; {args.threads} cores at {peaks.ghz:.2f} GHz")
+    print(f"lungseg training ({precision}): {3 * flops / 1e9:.2f} GFLOP per image (3 x forward), "
+          f"{training_achieved:.1f} GFLOP/s achieved = {100 * training_achieved / training_peak_gflops:.0f}% of the "
+          f"{training_unit} peak ({training_peak_gflops:.0f} GFLOP/s)")
 
 
 if __name__ == "__main__":

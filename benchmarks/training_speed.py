@@ -6,13 +6,13 @@ with the achieved GFLOP/s against the CPU's peak; --profile adds where a step's 
     .venv/bin/python benchmarks/training_speed.py --sizes 128 160 224 --profile
     ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python benchmarks/training_speed.py   # an AVX2-only CPU, on an AMX one
 
-Peaks, per core and cycle: 32 float32 FLOP with AVX2 (2 FMA units x 8 lanes x 2), 64 with AVX-512; the clock
-is /proc/cpuinfo's. FLOPs per image: 3 x the forward's (torch FlopCounterMode), the usual training estimate.
+The peak is that of the unit the training precision runs its convolutions on (benchmarks/cpu_peaks.py): AMX
+tiles where the train stage trains in bfloat16, else the widest float32 FMA unit. FLOPs per image: 3 x the
+forward's (torch FlopCounterMode), the usual training estimate.
 """
 import argparse
 import itertools
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +26,7 @@ from lungseg import engine
 from lungseg.config import load_params
 from lungseg.losses import build_loss
 from lungseg.model import build_model
+from cpu_peaks import cpu_peaks, training_peak
 from training_precision import seconds_per_step
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,17 +40,10 @@ KINDS = {  # profiler operator names, grouped
 }
 
 
-def cpu_peak_gflops(cores: int) -> tuple[float, str]:
-    """Float32 FMA peak of `cores` cores at /proc/cpuinfo's clock, and which vector unit it assumes."""
-    info = Path("/proc/cpuinfo").read_text()
-    ghz = max(float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", info)) / 1000
-    wide = re.search(r"\bavx512f\b", info) and "AVX2" not in os.environ.get("ONEDNN_MAX_CPU_ISA", "")
-    return cores * ghz * (64 if wide else 32), f"{'AVX-512' if wide else 'AVX2'} FMA at {ghz:.2f} GHz"
-
-
-def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """A float32 matrix product's rate: how close to the peak this CPU gets on the friendliest kernel."""
-    a, b = torch.rand(size, size), torch.rand(size, size)
+def matmul_gflops(precision: str, size: int = 2048, repeats: int = 5) -> float:
+    """A matrix product's rate in `precision`: how close to the peak this CPU gets on the friendliest kernel."""
+    dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+    a, b = torch.rand(size, size, dtype=dtype), torch.rand(size, size, dtype=dtype)
     a @ b
     start = time.perf_counter()
     for _ in range(repeats):
@@ -70,16 +64,17 @@ def main() -> None:
     batches = args.batch_sizes or [config.batch_size]
     precision = engine.training_precision(CPU, config.mixed_precision)
     threads = torch.get_num_threads()
-    peak, unit = cpu_peak_gflops(threads)
+    peaks = cpu_peaks(threads)
+    peak, unit = training_peak(peaks, precision)
     print(f"{params.model.encoder} U-Net, decoder {list(params.model.decoder_channels)}, {precision}, "
-          f"{threads} threads; peak {peak:.0f} GFLOP/s ({unit})")
+          f"{threads} threads; peak {peak:.0f} GFLOP/s ({unit} at {peaks.ghz:.2f} GHz)")
     loss_fn = build_loss(config)
     if args.compile:  # compiled code of this run only, never a shared cache filled under other CPU settings
         inductor_cache = tempfile.TemporaryDirectory(prefix="lungseg-inductor-")
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache.name
         torch._dynamo.config.recompile_limit = 64  # every compiled variant is a recompilation of UNet.forward
-    reference = matmul_gflops()
-    print(f"2048^3 float32 matrix product: {reference:.0f} GFLOP/s = {100 * reference / peak:.0f}% of peak")
+    reference = matmul_gflops(precision)
+    print(f"2048^3 {precision} matrix product: {reference:.0f} GFLOP/s = {100 * reference / peak:.0f}% of peak")
     for size in args.sizes:
         with FlopCounterMode(display=False) as counter:
             build_model(params.model, 1)(torch.rand(1, 1, size, size))
