@@ -32,14 +32,15 @@ REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
 
-def train_alternating(models: dict, train_arrays, params, epochs: int) -> dict[str, dict[str, float]]:
-    """Train each model for `epochs` epochs with the train stage's own epoch function (its optimizer, schedule,
-    loss, and training precision: bfloat16 autocast where the CPU computes it natively), the models taking
-    turns epoch by epoch, the order swapped each epoch: a change in the machine's speed during the run
-    (another tenant, the clock) then slows both alike instead of biasing the ratio. Each model has its own
-    dataset object, so its augmentation draws do not depend on the other's. Returns images/s and seconds."""
+def train_alternating(models: dict, train_arrays, params, epochs: int, precision: str
+                      ) -> dict[str, dict[str, float]]:
+    """Train each model for `epochs` epochs with the train stage's own epoch function (its optimizer, schedule and
+    loss, in `precision` from engine.training_precision), the models taking turns epoch by epoch, the order
+    swapped each epoch: a change in the machine's speed during the run (another tenant, the clock) then slows
+    both alike instead of biasing the ratio. Each model has its own dataset object, so its augmentation draws do
+    not depend on the other's. Returns images/s and seconds."""
     config = params.train.model_copy(update={"epochs": epochs})
-    precision, loss_fn = engine.training_precision(CPU, config.mixed_precision), build_loss(config)
+    loss_fn = build_loss(config)
     runs = {}
     for name, model in models.items():
         dataset = data.XrayDataset(*train_arrays, params.model.intensity, build_augmentations(params.augment))
@@ -81,6 +82,7 @@ def main() -> None:
     params = load_params(REPO / "params.yaml")
     size, batch, encoder = params.train.image_size, params.train.batch_size, params.model.encoder
     epochs = args.epochs or params.train.epochs
+    precision = engine.training_precision(CPU, params.train.mixed_precision)
     torch.set_num_threads(args.threads)
     sources = [REPO / s for s in params.prepare.sources]
     manifest, _ = data.collect_records(sources, skip_bad=False)
@@ -88,14 +90,14 @@ def main() -> None:
     train_arrays = data.load_arrays(tables.split_rows(manifest, "train"), size)
     test = tables.split_rows(manifest, "test")
     print(f"encoder {encoder} (no pretrained weights), {size}x{size}, batch {batch}, {epochs} epochs each, "
-          f"{len(train_arrays[0])} training images, {len(test)} test images, {args.threads} threads, training in "
-          f"{engine.training_precision(CPU, params.train.mixed_precision)}")
+          f"{len(train_arrays[0])} training images, {len(test)} test images, {args.threads} threads, "
+          f"training in {precision}")
 
     torch.manual_seed(params.seed)
     ours = build_model(params.model, in_channels=1)
     torch.manual_seed(params.seed)
     peer = smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=1, classes=1)
-    results = train_alternating({"lungseg": ours, "smp.Unet": peer}, train_arrays, params, epochs)
+    results = train_alternating({"lungseg": ours, "smp.Unet": peer}, train_arrays, params, epochs, precision)
     for model in (ours, peer):
         model.eval()
 
@@ -118,7 +120,6 @@ def main() -> None:
         ours(torch.rand(1, 1, size, size))
     flops = counter.get_total_flops()
     peaks = cpu_peaks(args.threads)
-    precision = engine.training_precision(CPU, params.train.mixed_precision)
     training_peak_gflops, training_unit = training_peak(peaks, precision)
     achieved = flops * results["lungseg"]["infer_ips"] / 1e9
     training_achieved = 3 * flops * results["lungseg"]["train_ips"] / 1e9

@@ -4,11 +4,15 @@ with the achieved GFLOP/s against the CPU's peak; --profile adds where a step's 
 --compile the same steps through torch.compile (inductor; needs a C++ compiler), with its compile time.
 
     .venv/bin/python benchmarks/training_speed.py --sizes 128 160 224 --profile
-    ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python benchmarks/training_speed.py   # an AVX2-only CPU, on an AMX one
+    # an AVX2-only CPU emulated on a larger one: oneDNN's convolutions, torch's own kernels and MKL's matrix
+    # product each have their own switch
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+        .venv/bin/python benchmarks/training_speed.py
 
 The peak is that of the unit the training precision runs its convolutions on (benchmarks/cpu_peaks.py): AMX
-tiles where the train stage trains in bfloat16, else the widest float32 FMA unit. FLOPs per image: 3 x the
-forward's (torch FlopCounterMode), the usual training estimate.
+tiles where the train stage trains in bfloat16, else the widest float32 FMA unit that ONEDNN_MAX_CPU_ISA leaves
+oneDNN (under that limit the train stage also keeps float32 on an AMX CPU). FLOPs per image: 3 x the forward's
+(torch FlopCounterMode), the usual training estimate.
 """
 import argparse
 import itertools

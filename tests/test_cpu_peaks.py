@@ -6,8 +6,9 @@ import pytest
 from conftest import REPO
 
 spec = importlib.util.spec_from_file_location("cpu_peaks", REPO / "benchmarks" / "cpu_peaks.py")
-cpu_peaks = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(cpu_peaks)
+peaks_module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(peaks_module)
+AVX2, AVX512, AMX = peaks_module.AVX2.name, peaks_module.AVX512.name, peaks_module.AMX.name
 
 EPYC = "flags\t\t: fpu sse4_2 avx fma avx2 bmi2\ncpu MHz\t\t: 2450.000\n"
 CASCADE_LAKE = "flags\t\t: fpu avx2 avx512f avx512bw avx512_vnni\ncpu MHz\t\t: 2500.000\n"
@@ -16,27 +17,48 @@ SAPPHIRE_RAPIDS = ("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile am
 
 
 def test_each_kind_of_cpu_gets_the_units_it_has_at_its_highest_clock():
-    assert cpu_peaks.cpu_peaks(2, EPYC).gflops == {"AVX2 FMA, float32": pytest.approx(2 * 2.45 * 32)}
-    assert cpu_peaks.cpu_peaks(2, CASCADE_LAKE).gflops == {"AVX2 FMA, float32": pytest.approx(160),
-                                                         "AVX-512 FMA, float32": pytest.approx(320)}
-    amx = cpu_peaks.cpu_peaks(2, SAPPHIRE_RAPIDS)
-    assert amx.ghz == pytest.approx(2.1) and amx.gflops["AMX tiles, bfloat16"] == pytest.approx(2 * 2.1 * 1024)
+    assert peaks_module.cpu_peaks(2, EPYC).gflops == {AVX2: pytest.approx(2 * 2.45 * 32)}
+    assert peaks_module.cpu_peaks(2, CASCADE_LAKE).gflops == {AVX2: pytest.approx(160), AVX512: pytest.approx(320)}
+    amx = peaks_module.cpu_peaks(2, SAPPHIRE_RAPIDS)
+    assert amx.ghz == pytest.approx(2.1) and amx.gflops[AMX] == pytest.approx(2 * 2.1 * 1024)
+    assert AVX512 not in peaks_module.cpu_peaks(2, EPYC.replace("avx2", "avx2 avx512_bf16")).gflops  # not avx512f
 
 
-@pytest.mark.parametrize("cpu, precision, isa_limit, unit", [
-    (SAPPHIRE_RAPIDS, "bfloat16", "", "AMX tiles, bfloat16"),
-    (SAPPHIRE_RAPIDS, "float32", "", "AVX-512 FMA, float32"),  # mixed_precision off: float32 on the vector units
-    (SAPPHIRE_RAPIDS, "float32", "AVX2", "AVX2 FMA, float32"),  # the AVX2 emulation of issue 13
-    (SAPPHIRE_RAPIDS, "bfloat16", "AVX512_CORE_BF16", "AVX-512 FMA, float32"),  # oneDNN told not to use AMX
-    (CASCADE_LAKE, "float32", "", "AVX-512 FMA, float32"),
-    (CASCADE_LAKE, "bfloat16", "", "AVX-512 FMA, float32"),  # no tiles: never the AMX peak
-    (EPYC, "float32", "", "AVX2 FMA, float32"),
+@pytest.mark.parametrize("cpu, precision, limit, unit", [
+    (SAPPHIRE_RAPIDS, "bfloat16", None, AMX),
+    (SAPPHIRE_RAPIDS, "bfloat16", "DEFAULT", AMX),
+    (SAPPHIRE_RAPIDS, "bfloat16", "AVX512_CORE_AMX", AMX),
+    (SAPPHIRE_RAPIDS, "float32", None, AVX512),  # mixed_precision off: float32 on the vector units
+    (SAPPHIRE_RAPIDS, "float32", "AVX2", AVX2),  # an AVX2-only CPU emulated on an AMX one
+    (SAPPHIRE_RAPIDS, "float32", "avx2_vnni", AVX2),
+    (SAPPHIRE_RAPIDS, "float32", "AVX10_1_512", AVX512),
+    (CASCADE_LAKE, "float32", None, AVX512),
+    (CASCADE_LAKE, "float32", "AVX2", AVX2),
+    (EPYC, "float32", None, AVX2),
+    (EPYC, "float32", "AVX512_CORE", AVX2),  # a limit above the CPU leaves what it has
 ])
-def test_training_is_held_to_the_unit_its_precision_runs_on(cpu, precision, isa_limit, unit):
-    peaks = cpu_peaks.cpu_peaks(2, cpu)
-    assert cpu_peaks.training_peak(peaks, precision, isa_limit) == (peaks.gflops[unit], unit)
+def test_training_is_held_to_the_unit_its_precision_runs_on(cpu, precision, limit, unit):
+    peaks = peaks_module.cpu_peaks(2, cpu)
+    environ = {} if limit is None else {"ONEDNN_MAX_CPU_ISA": limit}
+    assert peaks_module.training_peak(peaks, precision, environ) == (peaks.gflops[unit], unit)
 
 
-def test_a_cpu_without_fma_units_is_refused():
-    with pytest.raises(ValueError, match="neither AVX2 nor AVX-512"):
-        cpu_peaks.training_peak(cpu_peaks.cpu_peaks(2, "flags\t\t: fpu sse2\ncpu MHz\t\t: 3000.0\n"), "float32", "")
+@pytest.mark.parametrize("cpu, precision, limit", [
+    (SAPPHIRE_RAPIDS, "bfloat16", "AVX2"),  # oneDNN without its tiles: the train stage would use float32
+    (SAPPHIRE_RAPIDS, "bfloat16", "AVX512_CORE_BF16"),
+    (CASCADE_LAKE, "bfloat16", None),
+    (CASCADE_LAKE, "float32", "SSE41"),  # no FMA units left
+    (CASCADE_LAKE, "float32", "AVX"),
+    ("flags\t\t: fpu sse2\ncpu MHz\t\t: 3000.0\n", "float32", None),
+])
+def test_no_peak_where_the_unit_is_missing_or_ruled_out(cpu, precision, limit):
+    environ = {} if limit is None else {"ONEDNN_MAX_CPU_ISA": limit}
+    with pytest.raises(ValueError, match="no nominal peak"):
+        peaks_module.training_peak(peaks_module.cpu_peaks(2, cpu), precision, environ)
+
+
+def test_the_limit_is_read_from_the_environment_by_default(monkeypatch):
+    peaks = peaks_module.cpu_peaks(2, CASCADE_LAKE)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")
+    assert peaks_module.training_peak(peaks, "float32")[1] == AVX2

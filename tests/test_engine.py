@@ -16,9 +16,16 @@ def test_cuda_request_without_a_gpu_fails_clearly(monkeypatch):
 
 def test_mixed_precision_only_where_bfloat16_is_native(monkeypatch):
     cpu = torch.device("cpu")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert engine.training_precision(cpu, True) == "bfloat16"
     assert engine.training_precision(cpu, False) == "float32"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # an AVX2-only CPU emulated on an AMX one trains as one does
+    assert engine.training_precision(cpu, True) == "float32"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_amx")
+    assert engine.training_precision(cpu, True) == "bfloat16"
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     assert engine.training_precision(cpu, True) == "float32"  # emulated bfloat16 would be slower
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
@@ -89,3 +96,17 @@ def test_fit_writes_the_checkpoint_that_keep_weights_names(tmp_path, monkeypatch
     assert kept["epoch"] == kept_epoch
     assert torch.equal(kept["model"]["weight"], weights_after[kept_epoch])
     assert engine.summarize_history(history, keep_weights)["kept/epoch"] == kept_epoch
+
+
+@pytest.mark.parametrize("environ, ceiling", [
+    ({}, None), ({"ONEDNN_MAX_CPU_ISA": "DEFAULT"}, None), ({"ONEDNN_MAX_CPU_ISA": "ALL"}, None),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512"}, None),  # not a oneDNN name: oneDNN ignores it
+    ({"ONEDNN_MAX_CPU_ISA": "avx2"}, "avx2"), ({"ONEDNN_MAX_CPU_ISA": "AVX2_VNNI"}, "avx2"),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, "avx512"), ({"ONEDNN_MAX_CPU_ISA": "AVX10_1_512"}, "avx512"),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX10_1_512_AMX"}, "amx"), ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX_FP16"}, "amx"),
+    ({"ONEDNN_MAX_CPU_ISA": "SSE41"}, "sse41"), ({"ONEDNN_MAX_CPU_ISA": "AVX"}, "avx"),
+    ({"DNNL_MAX_CPU_ISA": "AVX2"}, "avx2"),  # the older name, read where the newer is unset
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "DNNL_MAX_CPU_ISA": "AVX2"}, "avx512"),
+])
+def test_onednn_isa_ceiling_reads_the_limit_as_onednn_does(environ, ceiling):
+    assert engine.onednn_isa_ceiling(environ) == ceiling

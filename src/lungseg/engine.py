@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -42,15 +43,33 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# What oneDNN's instruction-set limit leaves it, by the names ONEDNN_MAX_CPU_ISA takes (oneDNN 3.x); every name
+# with "_AMX" allows the tiles. Unset, DEFAULT, ALL and names oneDNN does not know leave it everything, as in oneDNN.
+_ONEDNN_ISA_CEILINGS = {
+    "SSE41": "sse41", "AVX": "avx", "AVX2": "avx2", "AVX2_VNNI": "avx2", "AVX2_VNNI_2": "avx2",
+    "AVX512_CORE": "avx512", "AVX512_CORE_VNNI": "avx512", "AVX512_CORE_BF16": "avx512",
+    "AVX512_CORE_FP16": "avx512", "AVX10_1_512": "avx512", "AVX10_2_512": "avx512",
+}
+
+
+def onednn_isa_ceiling(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The widest instruction set oneDNN may use: 'sse41', 'avx', 'avx2', 'avx512' or 'amx' under
+    ONEDNN_MAX_CPU_ISA (DNNL_MAX_CPU_ISA where that is unset), None without a limit. The limit is how an AVX2-only
+    CPU is emulated on a larger one."""
+    name = (environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    return "amx" if "_AMX" in name else _ONEDNN_ISA_CEILINGS.get(name)
+
+
 def native_bfloat16(device: torch.device) -> bool:
-    """Whether the device computes bfloat16 matrix products in hardware: CUDA, or a CPU with AMX tiles.
+    """Whether the device computes bfloat16 matrix products in hardware: CUDA, or a CPU with AMX tiles that
+    oneDNN's instruction-set limit leaves it.
 
     Elsewhere bfloat16 is emulated and slower than float32, so mixed precision is not used there.
     """
     if device.type == "cuda":
         return True
     is_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private API: absent means "unknown", so no
-    return device.type == "cpu" and bool(is_amx and is_amx())
+    return device.type == "cpu" and bool(is_amx and is_amx()) and onednn_isa_ceiling() in (None, "amx")
 
 
 def training_precision(device: torch.device, mixed_precision: bool) -> str:
