@@ -1,11 +1,14 @@
 """Nominal peak arithmetic of this CPU, per kind of unit: what the benchmarks compare achieved GFLOP/s against.
 
 Per core and cycle: 32 float32 FLOP with AVX2 FMA (2 units x 8 lanes x 2), 64 with AVX-512 (2 units x 16 lanes
-x 2; Xeons with one AVX-512 unit, and AMD Zen 4 with its 256-bit datapaths, reach half), and 1024 bfloat16 FLOP
-with AMX tiles (one 16 x 16 x 32 tile product, 8192 multiply-adds, per 16 cycles), for matrix products and
-convolutions only: batch norm, activations and the optimizer still run on the vector units. The clock is
-/proc/cpuinfo's highest "cpu MHz" (a virtual machine shows its nominal clock; turbo can exceed it); cores are the
-threads the caller counts (hyper-threads share a core's units, so count physical cores).
+x 2), 128 bfloat16 FLOP with AVX-512's bfloat16 dot products (2 units x 16 lanes x 2 products x 2), and 1024
+bfloat16 FLOP with AMX tiles (one 16 x 16 x 32 tile product, 8192 multiply-adds, per 16 cycles). AMD Zen 4 (AMD's
+family 25 with AVX-512) runs 512-bit instructions through its two 256-bit datapaths, so its AVX-512 units reach
+half that; Xeons with one AVX-512 unit do too, but cpuinfo does not tell them apart. The bfloat16 units serve
+matrix products and convolutions only: batch norm, activations and the optimizer still run in float32. The clock
+is /proc/cpuinfo's highest "cpu MHz": a virtual machine shows its nominal clock, and turbo can take a kernel past
+100% of the peak computed from it. Cores are the threads the caller counts (hyper-threads share a core's units, so
+count physical cores).
 """
 import os
 import re
@@ -13,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from lungseg.engine import onednn_isa_ceiling
+from lungseg.engine import AMX_CEILINGS, BFLOAT16_DOT_CEILINGS, onednn_isa_ceiling
 
 
 @dataclass(frozen=True)
@@ -24,9 +27,11 @@ class Unit:
     allowed_under: tuple[str | None, ...]  # oneDNN ceilings (engine.onednn_isa_ceiling) that leave it in use
 
 
-AVX2 = Unit("AVX2 FMA, float32", "avx2", 32, (None, "avx2", "avx512", "amx"))
-AVX512 = Unit("AVX-512 FMA, float32", "avx512f", 64, (None, "avx512", "amx"))
-AMX = Unit("AMX tiles, bfloat16", "amx_bf16", 1024, (None, "amx"))
+AVX2 = Unit("AVX2 FMA, float32", "avx2", 32, (None, "avx2", "avx512", "avx512_bf16", "amx"))
+AVX512 = Unit("AVX-512 FMA, float32", "avx512f", 64, (None, "avx512", "avx512_bf16", "amx"))
+AVX512_BF16 = Unit("AVX-512 dot products, bfloat16", "avx512_bf16", 128, BFLOAT16_DOT_CEILINGS)
+AMX = Unit("AMX tiles, bfloat16", "amx_bf16", 1024, AMX_CEILINGS)
+UNITS = (AVX2, AVX512, AVX512_BF16, AMX)
 
 
 @dataclass(frozen=True)
@@ -35,21 +40,28 @@ class Peaks:
     gflops: dict[str, float]  # unit name -> peak GFLOP/s of the cores asked for, for the units this CPU has
 
 
+def flop_per_cycle(unit: Unit, cpuinfo: str) -> int:
+    """FLOP per core and cycle of `unit` on the CPU that `cpuinfo` describes."""
+    is_zen4 = (re.search(r"vendor_id\s*:\s*AuthenticAMD", cpuinfo) is not None
+               and re.search(r"cpu family\s*:\s*25\b", cpuinfo) is not None)
+    return unit.flop_per_cycle // 2 if unit in (AVX512, AVX512_BF16) and is_zen4 else unit.flop_per_cycle
+
+
 def cpu_peaks(cores: int, cpuinfo: str | None = None) -> Peaks:
     """The peaks of `cores` cores of this CPU (or of the /proc/cpuinfo text given)."""
     info = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
     ghz = max(float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", info)) / 1000
-    return Peaks(ghz, {unit.name: cores * ghz * unit.flop_per_cycle for unit in (AVX2, AVX512, AMX)
+    return Peaks(ghz, {unit.name: cores * ghz * flop_per_cycle(unit, info) for unit in UNITS
                        if re.search(rf"\b{unit.cpuinfo_flag}\b", info)})
 
 
 def training_peak(peaks: Peaks, precision: str, environ: Mapping[str, str] = os.environ) -> tuple[float, str]:
     """The peak of the unit a training step in `precision` (engine.training_precision) runs its convolutions on:
-    AMX tiles for bfloat16, else the widest float32 FMA unit that oneDNN's instruction-set limit in `environ`
-    leaves in use."""
+    the widest unit of that precision (AMX tiles, else AVX-512 dot products for bfloat16; AVX-512, else AVX2 FMA for
+    float32) that oneDNN's instruction-set limit in `environ` leaves in use."""
     ceiling = onednn_isa_ceiling(environ)
-    for unit in (AMX,) if precision == "bfloat16" else (AVX512, AVX2):
+    for unit in (AMX, AVX512_BF16) if precision == "bfloat16" else (AVX512, AVX2):
         if unit.name in peaks.gflops and ceiling in unit.allowed_under:
             return peaks.gflops[unit.name], unit.name
     raise ValueError(f"no nominal peak for {precision} training under oneDNN ceiling {ceiling or 'none'} on this "
-                     "CPU (bfloat16 needs AMX tiles, float32 AVX2 or AVX-512 FMA)")
+                     "CPU (bfloat16 needs AMX tiles or AVX-512 dot products, float32 AVX2 or AVX-512 FMA)")

@@ -26,7 +26,7 @@ from lungseg.config import load_params
 from lungseg.losses import build_loss
 from lungseg.model import build_model, torch_runner
 from lungseg.runtime.model_file import INPUT_NAME, OUTPUT_NAME, create_session
-from cpu_peaks import cpu_peaks, training_peak
+from cpu_peaks import AVX2, AVX512, cpu_peaks, training_peak
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -133,7 +133,7 @@ def main() -> None:
           f"CPU inference {ours_r['infer_ips'] / peer_r['infer_ips']:.2f}x, "
           f"Dice {ours_r['dice'] - peer_r['dice']:+.4f}")
     inference_peaks = ", ".join(f"{100 * achieved / peak:.0f}% of the {unit} peak ({peak:.0f} GFLOP/s)"
-                                for unit, peak in peaks.gflops.items() if unit.endswith("float32"))
+                                for unit, peak in peaks.gflops.items() if unit in (AVX2.name, AVX512.name))
     print(f"lungseg inference (float32, ONNX Runtime): {flops / 1e9:.2f} GFLOP per image (FlopCounterMode), "
           f"{achieved:.1f} GFLOP/s achieved = {inference_peaks}; {args.threads} cores at {peaks.ghz:.2f} GHz")
     print(f"lungseg training ({precision}): {3 * flops / 1e9:.2f} GFLOP per image (3 x forward), "

@@ -9,8 +9,11 @@ spec = importlib.util.spec_from_file_location("cpu_peaks", REPO / "benchmarks" /
 peaks_module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(peaks_module)
 AVX2, AVX512, AMX = peaks_module.AVX2.name, peaks_module.AVX512.name, peaks_module.AMX.name
+AVX512_BF16 = peaks_module.AVX512_BF16.name
 
 EPYC = "flags\t\t: fpu sse4_2 avx fma avx2 bmi2\ncpu MHz\t\t: 2450.000\n"
+EPYC_ZEN4 = ("vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\ncpu MHz\t\t: 2596.138\n"
+             "flags\t\t: fpu fma avx2 avx512f avx512dq avx512_bf16 avx512_vnni\n")
 CASCADE_LAKE = "flags\t\t: fpu avx2 avx512f avx512bw avx512_vnni\ncpu MHz\t\t: 2500.000\n"
 SAPPHIRE_RAPIDS = ("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\ncpu MHz\t\t: 2000.000\n"
                    "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\ncpu MHz\t\t: 2100.000\n")
@@ -24,17 +27,31 @@ def test_each_kind_of_cpu_gets_the_units_it_has_at_its_highest_clock():
     assert AVX512 not in peaks_module.cpu_peaks(2, EPYC.replace("avx2", "avx2 avx512_bf16")).gflops  # not avx512f
 
 
+def test_zen4_runs_avx512_at_half_rate():
+    """Zen 4's 512-bit instructions go through 256-bit datapaths; Intel CPUs and Zen 5 keep the full rate."""
+    avx2 = 2 * 2.596138 * 32
+    zen4 = peaks_module.cpu_peaks(2, EPYC_ZEN4).gflops
+    assert zen4 == {AVX2: pytest.approx(avx2), AVX512: pytest.approx(avx2), AVX512_BF16: pytest.approx(2 * avx2)}
+    for full_rate in (EPYC_ZEN4.replace("AuthenticAMD", "GenuineIntel"), EPYC_ZEN4.replace("family\t: 25", "family\t: 26")):
+        gflops = peaks_module.cpu_peaks(2, full_rate).gflops
+        assert (gflops[AVX512], gflops[AVX512_BF16]) == (pytest.approx(2 * avx2), pytest.approx(4 * avx2))
+
+
 @pytest.mark.parametrize("cpu, precision, limit, unit", [
     (SAPPHIRE_RAPIDS, "bfloat16", None, AMX),
     (SAPPHIRE_RAPIDS, "bfloat16", "DEFAULT", AMX),
     (SAPPHIRE_RAPIDS, "bfloat16", "AVX512_CORE_AMX", AMX),
     (SAPPHIRE_RAPIDS, "float32", None, AVX512),  # mixed_precision off: float32 on the vector units
+    (SAPPHIRE_RAPIDS, "bfloat16", "AVX512_CORE_BF16", AVX512_BF16),  # tiles ruled out, dot products left
     (SAPPHIRE_RAPIDS, "float32", "AVX2", AVX2),  # an AVX2-only CPU emulated on an AMX one
     (SAPPHIRE_RAPIDS, "float32", "avx2_vnni", AVX2),
     (SAPPHIRE_RAPIDS, "float32", "AVX10_1_512", AVX512),
     (CASCADE_LAKE, "float32", None, AVX512),
     (CASCADE_LAKE, "float32", "AVX2", AVX2),
     (EPYC, "float32", None, AVX2),
+    (EPYC_ZEN4, "bfloat16", None, AVX512_BF16),
+    (EPYC_ZEN4, "float32", None, AVX512),  # mixed_precision off
+    (EPYC_ZEN4, "float32", "AVX2", AVX2),
     (EPYC, "float32", "AVX512_CORE", AVX2),  # a limit above the CPU leaves what it has
 ])
 def test_training_is_held_to_the_unit_its_precision_runs_on(cpu, precision, limit, unit):
@@ -45,7 +62,8 @@ def test_training_is_held_to_the_unit_its_precision_runs_on(cpu, precision, limi
 
 @pytest.mark.parametrize("cpu, precision, limit", [
     (SAPPHIRE_RAPIDS, "bfloat16", "AVX2"),  # oneDNN without its tiles: the train stage would use float32
-    (SAPPHIRE_RAPIDS, "bfloat16", "AVX512_CORE_BF16"),
+    (SAPPHIRE_RAPIDS, "bfloat16", "AVX512_CORE"),
+    (EPYC_ZEN4, "bfloat16", "AVX512_CORE_VNNI"),  # no bfloat16 dot products under this limit
     (CASCADE_LAKE, "bfloat16", None),
     (CASCADE_LAKE, "float32", "SSE41"),  # no FMA units left
     (CASCADE_LAKE, "float32", "AVX"),

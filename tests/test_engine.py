@@ -14,22 +14,37 @@ def test_cuda_request_without_a_gpu_fails_clearly(monkeypatch):
     assert engine.select_device("auto").type == "cpu"
 
 
-def test_mixed_precision_only_where_bfloat16_is_native(monkeypatch):
+@pytest.mark.parametrize("amx, avx512_bf16, limit, precision", [
+    (True, True, None, "bfloat16"),  # Sapphire Rapids and later Xeons
+    (True, True, "avx512_core_amx", "bfloat16"),
+    (True, True, "AVX512_CORE_BF16", "bfloat16"),  # tiles ruled out, the dot products left
+    (True, True, "AVX512_CORE", "float32"),
+    (True, True, "AVX2", "float32"),  # an AVX2-only CPU emulated on an AMX one trains as one does
+    (False, True, None, "bfloat16"),  # AMD Zen 4, Intel Cooper Lake
+    (False, True, "AVX10_1_512", "bfloat16"),
+    (False, True, "AVX512_CORE_VNNI", "float32"),
+    (False, True, "AVX2", "float32"),
+    (False, False, None, "float32"),  # Cascade Lake, Zen 3: emulated bfloat16 would be slower
+    (None, None, None, "float32"),  # a torch without the probes: unknown hardware, the safe choice
+])
+def test_mixed_precision_only_where_bfloat16_is_native(monkeypatch, amx, avx512_bf16, limit, precision):
     cpu = torch.device("cpu")
-    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    assert engine.training_precision(cpu, True) == "bfloat16"
+    if limit is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", limit)
+    for probe, present in (("_is_amx_tile_supported", amx), ("_is_avx512_bf16_supported", avx512_bf16)):
+        if present is None:
+            monkeypatch.delattr(torch.cpu, probe, raising=False)
+        else:
+            monkeypatch.setattr(torch.cpu, probe, lambda present=present: present)
+    assert engine.training_precision(cpu, True) == precision
     assert engine.training_precision(cpu, False) == "float32"
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # an AVX2-only CPU emulated on an AMX one trains as one does
-    assert engine.training_precision(cpu, True) == "float32"
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_amx")
-    assert engine.training_precision(cpu, True) == "bfloat16"
-    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert engine.training_precision(cpu, True) == "float32"  # emulated bfloat16 would be slower
-    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
-    assert engine.training_precision(cpu, True) == "float32"  # unknown hardware: the safe choice
+
+
+def test_bfloat16_on_cuda_and_autocast_follows_the_precision():
+    cpu = torch.device("cpu")
     assert engine.training_precision(torch.device("cuda"), True) == "bfloat16"
     with engine.autocast(cpu, "bfloat16"):
         assert torch.nn.Linear(4, 4)(torch.rand(2, 4)).dtype == torch.bfloat16
@@ -102,7 +117,8 @@ def test_fit_writes_the_checkpoint_that_keep_weights_names(tmp_path, monkeypatch
     ({}, None), ({"ONEDNN_MAX_CPU_ISA": "DEFAULT"}, None), ({"ONEDNN_MAX_CPU_ISA": "ALL"}, None),
     ({"ONEDNN_MAX_CPU_ISA": "AVX512"}, None),  # not a oneDNN name: oneDNN ignores it
     ({"ONEDNN_MAX_CPU_ISA": "avx2"}, "avx2"), ({"ONEDNN_MAX_CPU_ISA": "AVX2_VNNI"}, "avx2"),
-    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, "avx512"), ({"ONEDNN_MAX_CPU_ISA": "AVX10_1_512"}, "avx512"),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, "avx512"),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, "avx512_bf16"), ({"ONEDNN_MAX_CPU_ISA": "AVX10_1_512"}, "avx512_bf16"),
     ({"ONEDNN_MAX_CPU_ISA": "AVX10_1_512_AMX"}, "amx"), ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX_FP16"}, "amx"),
     ({"ONEDNN_MAX_CPU_ISA": "SSE41"}, "sse41"), ({"ONEDNN_MAX_CPU_ISA": "AVX"}, "avx"),
     ({"DNNL_MAX_CPU_ISA": "AVX2"}, "avx2"),  # the older name, read where the newer is unset

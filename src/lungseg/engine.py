@@ -47,29 +47,40 @@ def select_device(name: str) -> torch.device:
 # with "_AMX" allows the tiles. Unset, DEFAULT, ALL and names oneDNN does not know leave it everything, as in oneDNN.
 _ONEDNN_ISA_CEILINGS = {
     "SSE41": "sse41", "AVX": "avx", "AVX2": "avx2", "AVX2_VNNI": "avx2", "AVX2_VNNI_2": "avx2",
-    "AVX512_CORE": "avx512", "AVX512_CORE_VNNI": "avx512", "AVX512_CORE_BF16": "avx512",
-    "AVX512_CORE_FP16": "avx512", "AVX10_1_512": "avx512", "AVX10_2_512": "avx512",
+    "AVX512_CORE": "avx512", "AVX512_CORE_VNNI": "avx512", "AVX512_CORE_BF16": "avx512_bf16",
+    "AVX512_CORE_FP16": "avx512_bf16", "AVX10_1_512": "avx512_bf16", "AVX10_2_512": "avx512_bf16",
 }
+# The ceilings under which oneDNN keeps each native bfloat16 unit: AVX-512's bfloat16 dot products, AMX's tiles.
+BFLOAT16_DOT_CEILINGS = (None, "avx512_bf16", "amx")
+AMX_CEILINGS = (None, "amx")
 
 
 def onednn_isa_ceiling(environ: Mapping[str, str] = os.environ) -> str | None:
-    """The widest instruction set oneDNN may use: 'sse41', 'avx', 'avx2', 'avx512' or 'amx' under
-    ONEDNN_MAX_CPU_ISA (DNNL_MAX_CPU_ISA where that is unset), None without a limit. The limit is how an AVX2-only
-    CPU is emulated on a larger one."""
+    """The widest instruction set oneDNN may use: 'sse41', 'avx', 'avx2', 'avx512', 'avx512_bf16' (AVX-512 with
+    its bfloat16 dot products) or 'amx' under ONEDNN_MAX_CPU_ISA (DNNL_MAX_CPU_ISA where that is unset), None
+    without a limit. The limit is how an AVX2-only CPU is emulated on a larger one."""
     name = (environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA") or "").upper()
     return "amx" if "_AMX" in name else _ONEDNN_ISA_CEILINGS.get(name)
 
 
 def native_bfloat16(device: torch.device) -> bool:
-    """Whether the device computes bfloat16 matrix products in hardware: CUDA, or a CPU with AMX tiles that
-    oneDNN's instruction-set limit leaves it.
+    """Whether the device computes bfloat16 convolutions in hardware: CUDA, or a CPU with AMX tiles or AVX-512's
+    bfloat16 dot products (AMD Zen 4 and later, Intel Cooper Lake) that oneDNN's instruction-set limit leaves it.
 
     Elsewhere bfloat16 is emulated and slower than float32, so mixed precision is not used there.
     """
     if device.type == "cuda":
         return True
-    is_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private API: absent means "unknown", so no
-    return device.type == "cpu" and bool(is_amx and is_amx()) and onednn_isa_ceiling() in (None, "amx")
+    if device.type != "cpu":
+        return False
+    ceiling = onednn_isa_ceiling()
+    return ((_cpu_has("_is_amx_tile_supported") and ceiling in AMX_CEILINGS)
+            or (_cpu_has("_is_avx512_bf16_supported") and ceiling in BFLOAT16_DOT_CEILINGS))
+
+
+def _cpu_has(probe: str) -> bool:
+    """torch.cpu's feature probe by name; these are private API, so an absent probe means 'no'."""
+    return bool(getattr(torch.cpu, probe, lambda: False)())
 
 
 def training_precision(device: torch.device, mixed_precision: bool) -> str:
