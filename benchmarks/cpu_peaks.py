@@ -4,7 +4,8 @@ Per core and cycle: 32 float32 FLOP with AVX2 FMA (2 units x 8 lanes x 2), 64 wi
 x 2), 128 bfloat16 FLOP with AVX-512's bfloat16 dot products (2 units x 16 lanes x 2 products x 2), and 1024
 bfloat16 FLOP with AMX tiles (one 16 x 16 x 32 tile product, 8192 multiply-adds, per 16 cycles). AMD Zen 4 (AMD's
 family 25 with AVX-512) runs 512-bit instructions through its two 256-bit datapaths, so its AVX-512 units reach
-half that; Xeons with one AVX-512 unit do too, but cpuinfo does not tell them apart. The bfloat16 units serve
+half that; Xeons with one AVX-512 unit and mobile Zen 5 parts (family 26, as the full-width server parts) do too,
+but cpuinfo does not tell them apart. The bfloat16 units serve
 matrix products and convolutions only: batch norm, activations and the optimizer still run in float32. The clock
 is /proc/cpuinfo's highest "cpu MHz": a virtual machine shows its nominal clock, and turbo can take a kernel past
 100% of the peak computed from it. Cores are the threads the caller counts (hyper-threads share a core's units, so
@@ -44,7 +45,8 @@ def flop_per_cycle(unit: Unit, cpuinfo: str) -> int:
     """FLOP per core and cycle of `unit` on the CPU that `cpuinfo` describes."""
     is_zen4 = (re.search(r"vendor_id\s*:\s*AuthenticAMD", cpuinfo) is not None
                and re.search(r"cpu family\s*:\s*25\b", cpuinfo) is not None)
-    return unit.flop_per_cycle // 2 if unit in (AVX512, AVX512_BF16) and is_zen4 else unit.flop_per_cycle
+    half_width = is_zen4 and unit in (AVX512, AVX512_BF16)
+    return unit.flop_per_cycle // 2 if half_width else unit.flop_per_cycle
 
 
 def cpu_peaks(cores: int, cpuinfo: str | None = None) -> Peaks:

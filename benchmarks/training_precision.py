@@ -1,5 +1,6 @@
 """Seconds per training step (forward, loss, backward, Adam) of the default model and batch, float32 against
-bfloat16 autocast on the CPU, at several input sizes: what `train.mixed_precision` buys on this machine.
+bfloat16 autocast on the CPU, at several input sizes: what `train.mixed_precision` buys on this machine. The two
+precisions take turns step by step, so a change in a virtual machine's speed hits both alike.
 
     .venv/bin/python benchmarks/training_precision.py --sizes 160 224
 """
@@ -16,6 +17,7 @@ from lungseg.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
+PRECISIONS = ("float32", "bfloat16")
 
 
 def seconds_per_step(model, optimizer, loss_fn, images, masks, precision: str, steps: int, warmup: int = 2) -> float:
@@ -47,15 +49,22 @@ def main() -> None:
         torch.manual_seed(params.seed)
         images = torch.rand(batch, 1, size, size)
         masks = (torch.rand(batch, 1, size, size) > 0.5).float()
-        timings = {}
-        for precision in ("float32", "bfloat16"):
+        if params.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        loss_fn = build_loss(params.train)
+        trainings = {}
+        for precision in PRECISIONS:
             model = build_model(params.model, in_channels=1)
             if params.train.channels_last:
-                model, images = model.to(memory_format=torch.channels_last), images.contiguous(
-                    memory_format=torch.channels_last)
-            optimizer = engine.build_optimizer(model, params.train)
-            timings[precision] = seconds_per_step(model, optimizer, build_loss(params.train), images, masks,
-                                                  precision, args.steps)
+                model = model.to(memory_format=torch.channels_last)
+            trainings[precision] = (model, engine.build_optimizer(model, params.train))
+            seconds_per_step(*trainings[precision], loss_fn, images, masks, precision, steps=1)  # warm-up
+        steps = {precision: [] for precision in PRECISIONS}
+        for _ in range(args.steps):
+            for precision in PRECISIONS:
+                steps[precision].append(seconds_per_step(*trainings[precision], loss_fn, images, masks, precision,
+                                                         steps=1, warmup=0))
+        timings = {precision: sorted(times)[len(times) // 2] for precision, times in steps.items()}
         print(f"{size} px: float32 {timings['float32']:.3f} s/step, bfloat16 {timings['bfloat16']:.3f} s/step, "
               f"{timings['float32'] / timings['bfloat16']:.2f}x")
 

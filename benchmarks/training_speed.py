@@ -1,18 +1,20 @@
 """Training speed of the default model on this CPU: seconds per step (forward, loss, backward, Adam) and
-images per second at several input sizes and memory formats, in the precision the train stage uses here,
-with the achieved GFLOP/s against the CPU's peak; --profile adds where a step's time goes, by operator, and
---compile the same steps through torch.compile (inductor; needs a C++ compiler), with its compile time.
+images per second at several input sizes and memory formats, in the precision the train stage uses here (or the
+one --precision names), with the achieved GFLOP/s against the CPU's peak; --profile adds where a step's time
+goes, by operator, and --compile the same steps through torch.compile (inductor; needs a C++ compiler), with its
+compile time.
 
     .venv/bin/python benchmarks/training_speed.py --sizes 128 160 224 --profile
     # an AVX2-only CPU emulated on a larger one: oneDNN's convolutions, torch's own kernels and MKL's matrix
     # product each have their own switch
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
         .venv/bin/python benchmarks/training_speed.py
+    .venv/bin/python benchmarks/training_speed.py --precision float32   # where the train stage uses bfloat16
 
-The peak is that of the unit the training precision runs its convolutions on (benchmarks/cpu_peaks.py): AMX
-tiles where the train stage trains in bfloat16, else the widest float32 FMA unit that ONEDNN_MAX_CPU_ISA leaves
-oneDNN (under that limit the train stage also keeps float32 on an AMX CPU). FLOPs per image: 3 x the forward's
-(torch FlopCounterMode), the usual training estimate.
+The peak is that of the unit the training precision runs its convolutions on (benchmarks/cpu_peaks.py): for
+bfloat16, AMX tiles or else AVX-512's bfloat16 dot products; for float32, the widest FMA unit; each only where
+ONEDNN_MAX_CPU_ISA leaves it to oneDNN (under an AVX2 limit the train stage keeps float32 on any CPU). FLOPs per
+image: 3 x the forward's (torch FlopCounterMode), the usual training estimate.
 """
 import argparse
 import itertools
@@ -62,11 +64,13 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", help="images per step (default: train.batch_size)")
     parser.add_argument("--profile", action="store_true", help="operator breakdown at the first size and batch")
     parser.add_argument("--compile", action="store_true", help="also time each variant through torch.compile")
+    parser.add_argument("--precision", choices=["float32", "bfloat16"],
+                        help="default: the train stage's on this CPU (bfloat16 where native, else float32)")
     args = parser.parse_args()
     params = load_params(REPO / "params.yaml")
     config = params.train
     batches = args.batch_sizes or [config.batch_size]
-    precision = engine.training_precision(CPU, config.mixed_precision)
+    precision = args.precision or engine.training_precision(CPU, config.mixed_precision)
     threads = torch.get_num_threads()
     peaks = cpu_peaks(threads)
     peak, unit = training_peak(peaks, precision)

@@ -20,6 +20,8 @@ def test_cuda_request_without_a_gpu_fails_clearly(monkeypatch):
     (True, True, "AVX512_CORE_BF16", "bfloat16"),  # tiles ruled out, the dot products left
     (True, True, "AVX512_CORE", "float32"),
     (True, True, "AVX2", "float32"),  # an AVX2-only CPU emulated on an AMX one trains as one does
+    (True, False, None, "bfloat16"),  # the tiles alone
+    (True, False, "AVX512_CORE_BF16", "float32"),  # tiles ruled out, no dot products to fall back on
     (False, True, None, "bfloat16"),  # AMD Zen 4, Intel Cooper Lake
     (False, True, "AVX10_1_512", "bfloat16"),
     (False, True, "AVX512_CORE_VNNI", "float32"),
