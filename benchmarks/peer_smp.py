@@ -2,10 +2,12 @@
 data, image size, batch, optimizer, schedule, loss and number of steps, in one run: both train through the
 train stage's own epoch function, taking turns epoch by epoch, so a drift in the machine's speed affects both alike.
 
-Prints training images/s of each and their ratio; CPU inference images/s on 2 threads for lungseg's ONNX
-Runtime path and the peer's PyTorch eager path and their ratio; test Dice of each at 512x512 after the same
-training budget; and lungseg's achieved GFLOP/s against this CPU's peaks (benchmarks/cpu_peaks.py): inference
-against each float32 unit, training against the unit its precision uses.
+Prints training images/s of each and their ratio, in whole epochs (loading and augmenting in the training
+process, as the train stage does) and in training steps alone (one random batch, the models taking turns step by
+step); CPU inference images/s on 2 threads for lungseg's ONNX Runtime path and the peer's PyTorch eager path and
+their ratio; test Dice of each at 512x512 after the same training budget; and lungseg's achieved GFLOP/s against
+this CPU's peaks (benchmarks/cpu_peaks.py): inference against each float32 unit, training against the unit its
+precision uses.
 
     .venv/bin/pip install -e ".[bench]"   # segmentation-models-pytorch, a benchmark-only dependency
     .venv/bin/python benchmarks/peer_smp.py              # the default's epochs; --epochs 1 for a quick look
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from lungseg import data, engine, evaluation, export, tables
@@ -27,6 +30,8 @@ from lungseg.losses import build_loss
 from lungseg.model import build_model, torch_runner
 from lungseg.runtime.model_file import INPUT_NAME, OUTPUT_NAME, create_session
 from cpu_peaks import AVX2, AVX512, cpu_peaks, training_peak
+from training_precision import seconds_per_step
+from training_speed import operator_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -63,6 +68,41 @@ def train_alternating(models: dict, train_arrays, params, epochs: int, precision
     return {name: {"train_ips": images / seconds[name], "train_seconds": seconds[name]} for name in models}
 
 
+def peer_unet(encoder: str) -> torch.nn.Module:
+    """segmentation_models.pytorch's Unet on the same torchvision-style encoder, no pretrained weights, 1 channel in."""
+    return smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=1, classes=1)
+
+
+def step_seconds(params, precision: str, steps: int, profiled: bool = False
+                 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Median seconds of one training step of each model (fresh copies, so the trained ones are untouched) on one
+    random batch, the models taking turns step by step: the models alone, without the loading, augmentation and
+    per-batch bookkeeping an epoch adds. With `profiled`, also each model's operator seconds per step by kind
+    (training_speed.operator_seconds) over 3 more steps."""
+    config, size = params.train, params.train.image_size
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    images = torch.rand(config.batch_size, 1, size, size).contiguous(memory_format=memory_format)
+    masks = (torch.rand(config.batch_size, 1, size, size) > 0.5).float()
+    loss_fn = build_loss(config)
+    trainings = {}
+    for name, model in (("lungseg", build_model(params.model, in_channels=1)),
+                        ("smp.Unet", peer_unet(params.model.encoder))):
+        model = model.to(memory_format=memory_format)
+        trainings[name] = (model, engine.build_optimizer(model, config))
+        seconds_per_step(*trainings[name], loss_fn, images, masks, precision, steps=1)  # warm-up
+    times = {name: [] for name in trainings}
+    for _ in range(steps):
+        for name, training in trainings.items():
+            times[name].append(seconds_per_step(*training, loss_fn, images, masks, precision, steps=1, warmup=0))
+    operators = {}
+    if profiled:
+        for name, training in trainings.items():
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                seconds_per_step(*training, loss_fn, images, masks, precision, steps=3, warmup=0)
+            operators[name] = operator_seconds(prof, 3)
+    return {name: sorted(seconds)[len(seconds) // 2] for name, seconds in times.items()}, operators
+
+
 def inference_rate(run_model, size: int, count: int) -> float:
     batch = np.random.default_rng(0).random((1, 1, size, size), dtype=np.float32)
     run_model(batch)
@@ -77,6 +117,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="training epochs of each model (default: train.epochs)")
     parser.add_argument("--inference-images", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps of each model alone")
+    parser.add_argument("--profile", action="store_true", help="each model's step time by kind of operator")
     args = parser.parse_args()
 
     params = load_params(REPO / "params.yaml")
@@ -96,7 +138,7 @@ def main() -> None:
     torch.manual_seed(params.seed)
     ours = build_model(params.model, in_channels=1)
     torch.manual_seed(params.seed)
-    peer = smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=1, classes=1)
+    peer = peer_unet(encoder)
     results = train_alternating({"lungseg": ours, "smp.Unet": peer}, train_arrays, params, epochs, precision)
     for model in (ours, peer):
         model.eval()
@@ -116,6 +158,8 @@ def main() -> None:
             scores = evaluation.split_metrics(evaluation.score_split(test, inference))
             results[name]["dice"], results[name]["iou"] = scores["test/dice"], scores["test/iou"]
 
+    steps, operators = step_seconds(params, precision, args.steps, args.profile)
+
     with FlopCounterMode(display=False) as counter:
         ours(torch.rand(1, 1, size, size))
     flops = counter.get_total_flops()
@@ -132,6 +176,11 @@ def main() -> None:
     print(f"\nlungseg / peer: training {ours_r['train_ips'] / peer_r['train_ips']:.2f}x, "
           f"CPU inference {ours_r['infer_ips'] / peer_r['infer_ips']:.2f}x, "
           f"Dice {ours_r['dice'] - peer_r['dice']:+.4f}")
+    print(f"training steps alone (one random batch, taking turns, median of {args.steps}): lungseg "
+          f"{steps['lungseg']:.3f} s/step, smp.Unet {steps['smp.Unet']:.3f} s/step, "
+          f"{steps['smp.Unet'] / steps['lungseg']:.2f}x")
+    for name, kinds in operators.items():
+        print(f"{name} operator time per step: " + ", ".join(f"{kind} {1000 * t:.0f} ms" for kind, t in kinds.items()))
     inference_peaks = ", ".join(f"{100 * achieved / peak:.0f}% of the {unit} peak ({peak:.0f} GFLOP/s)"
                                 for unit, peak in peaks.gflops.items() if unit in (AVX2.name, AVX512.name))
     print(f"lungseg inference (float32, ONNX Runtime): {flops / 1e9:.2f} GFLOP per image (FlopCounterMode), "

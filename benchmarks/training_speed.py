@@ -46,6 +46,16 @@ KINDS = {  # profiler operator names, grouped
 }
 
 
+def operator_seconds(prof, steps: int) -> dict[str, float]:
+    """Seconds per step of a profiled run's aten operators by kind (KINDS, else 'other'), largest first."""
+    totals = {kind: 0.0 for kind in KINDS} | {"other": 0.0}
+    for event in prof.key_averages():
+        if event.key.startswith("aten::"):
+            kind = next((k for k, names in KINDS.items() if any(n in event.key for n in names)), "other")
+            totals[kind] += event.self_cpu_time_total / 1e6 / steps
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
 def matmul_gflops(precision: str, size: int = 2048, repeats: int = 5) -> float:
     """A matrix product's rate in `precision`: how close to the peak this CPU gets on the friendliest kernel."""
     dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
@@ -134,14 +144,10 @@ def main() -> None:
         seconds_per_step(model, optimizer, loss_fn, images, masks, precision, 1)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             seconds_per_step(model, optimizer, loss_fn, images, masks, precision, 3)
-        totals = {kind: 0.0 for kind in KINDS} | {"other": 0.0}
-        events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
-        for event in events:
-            kind = next((k for k, names in KINDS.items() if any(n in event.key for n in names)), "other")
-            totals[kind] += event.self_cpu_time_total
-        overall = sum(totals.values())
+        kinds = operator_seconds(prof, 3)
+        overall = sum(kinds.values())
         print(f"where a step's operator time goes at {size} px: " + ", ".join(
-            f"{kind} {100 * t / overall:.0f}%" for kind, t in sorted(totals.items(), key=lambda kv: -kv[1])))
+            f"{kind} {100 * t / overall:.0f}%" for kind, t in kinds.items()))
 
 
 if __name__ == "__main__":
