@@ -13,6 +13,7 @@ precision uses.
     .venv/bin/python benchmarks/peer_smp.py              # the default's epochs; --epochs 1 for a quick look
 """
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -75,10 +76,11 @@ def peer_unet(encoder: str) -> torch.nn.Module:
 
 def step_seconds(params, precision: str, steps: int, profiled: bool = False
                  ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Median seconds of one training step of each model (fresh copies, so the trained ones are untouched) on one
-    random batch, the models taking turns step by step: the models alone, without the loading, augmentation and
-    per-batch bookkeeping an epoch adds. With `profiled`, also each model's operator seconds per step by kind
-    (training_speed.operator_seconds) over 3 more steps."""
+    """Median seconds of one training step of each model (new, untrained models of both architectures, so the
+    trained ones are untouched) on one random batch, the models taking turns step by step, the order swapped each
+    round: the models alone, without the loading, augmentation and per-batch bookkeeping an epoch adds. With
+    `profiled`, also each model's operator seconds per step by kind (training_speed.operator_seconds) over 3 more
+    steps, one model after the other."""
     config, size = params.train, params.train.image_size
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     images = torch.rand(config.batch_size, 1, size, size).contiguous(memory_format=memory_format)
@@ -91,8 +93,10 @@ def step_seconds(params, precision: str, steps: int, profiled: bool = False
         trainings[name] = (model, engine.build_optimizer(model, config))
         seconds_per_step(*trainings[name], loss_fn, images, masks, precision, steps=1)  # warm-up
     times = {name: [] for name in trainings}
-    for _ in range(steps):
-        for name, training in trainings.items():
+    names = list(trainings)
+    for round_ in range(steps):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            training = trainings[name]
             times[name].append(seconds_per_step(*training, loss_fn, images, masks, precision, steps=1, warmup=0))
     operators = {}
     if profiled:
@@ -100,7 +104,7 @@ def step_seconds(params, precision: str, steps: int, profiled: bool = False
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 seconds_per_step(*training, loss_fn, images, masks, precision, steps=3, warmup=0)
             operators[name] = operator_seconds(prof, 3)
-    return {name: sorted(seconds)[len(seconds) // 2] for name, seconds in times.items()}, operators
+    return {name: statistics.median(seconds) for name, seconds in times.items()}, operators
 
 
 def inference_rate(run_model, size: int, count: int) -> float:
@@ -120,6 +124,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed training steps of each model alone")
     parser.add_argument("--profile", action="store_true", help="each model's step time by kind of operator")
     args = parser.parse_args()
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
 
     params = load_params(REPO / "params.yaml")
     size, batch, encoder = params.train.image_size, params.train.batch_size, params.model.encoder

@@ -5,6 +5,7 @@ precisions take turns step by step, so a change in a virtual machine's speed hit
     .venv/bin/python benchmarks/training_precision.py --sizes 160 224
 """
 import argparse
+import statistics
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def seconds_per_step(model, optimizer, loss_fn, images, masks, precision: str, s
         optimizer.step()
         if step >= warmup:
             times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -41,6 +42,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[160, 224])
     parser.add_argument("--steps", type=int, default=6)
     args = parser.parse_args()
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
     params = load_params(REPO / "params.yaml")
     batch = params.train.batch_size
     print(f"{params.model.encoder} U-Net, batch {batch}, channels_last {params.train.channels_last}, "
@@ -64,7 +67,7 @@ def main() -> None:
             for precision in PRECISIONS:
                 steps[precision].append(seconds_per_step(*trainings[precision], loss_fn, images, masks, precision,
                                                          steps=1, warmup=0))
-        timings = {precision: sorted(times)[len(times) // 2] for precision, times in steps.items()}
+        timings = {precision: statistics.median(times) for precision, times in steps.items()}
         print(f"{size} px: float32 {timings['float32']:.3f} s/step, bfloat16 {timings['bfloat16']:.3f} s/step, "
               f"{timings['float32'] / timings['bfloat16']:.2f}x")
 

@@ -19,6 +19,7 @@ image: 3 x the forward's (torch FlopCounterMode), the usual training estimate.
 import argparse
 import itertools
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -77,22 +78,32 @@ def main() -> None:
     parser.add_argument("--precision", choices=["float32", "bfloat16"],
                         help="default: the train stage's on this CPU (bfloat16 where native, else float32)")
     args = parser.parse_args()
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
     params = load_params(REPO / "params.yaml")
     config = params.train
     batches = args.batch_sizes or [config.batch_size]
     precision = args.precision or engine.training_precision(CPU, config.mixed_precision)
     threads = torch.get_num_threads()
     peaks = cpu_peaks(threads)
-    peak, unit = training_peak(peaks, precision)
+    try:
+        peak, unit = training_peak(peaks, precision)
+        peak_text = f"peak {peak:.0f} GFLOP/s ({unit} at {peaks.ghz:.2f} GHz)"
+    except ValueError as error:  # e.g. --precision bfloat16 where it is emulated: times without a share of peak
+        peak, peak_text = None, str(error)
+
+    def of_peak(gflops: float) -> str:
+        return "" if peak is None else f" = {100 * gflops / peak:.0f}% of peak"
+
     print(f"{params.model.encoder} U-Net, decoder {list(params.model.decoder_channels)}, {precision}, "
-          f"{threads} threads; peak {peak:.0f} GFLOP/s ({unit} at {peaks.ghz:.2f} GHz)")
+          f"{threads} threads; {peak_text}")
     loss_fn = build_loss(config)
     if args.compile:  # compiled code of this run only, never a shared cache filled under other CPU settings
         inductor_cache = tempfile.TemporaryDirectory(prefix="lungseg-inductor-")
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache.name
         torch._dynamo.config.recompile_limit = 64  # every compiled variant is a recompilation of UNet.forward
     reference = matmul_gflops(precision)
-    print(f"2048^3 {precision} matrix product: {reference:.0f} GFLOP/s = {100 * reference / peak:.0f}% of peak")
+    print(f"2048^3 {precision} matrix product: {reference:.0f} GFLOP/s{of_peak(reference)}")
     for size in args.sizes:
         with FlopCounterMode(display=False) as counter:
             build_model(params.model, 1)(torch.rand(1, 1, size, size))
@@ -130,11 +141,10 @@ def main() -> None:
                                                         warmup=0))
             torch._dynamo.config.error_on_recompile = False
             for name, measured in times.items():
-                seconds = sorted(measured)[len(measured) // 2]
+                seconds = statistics.median(measured)
                 gflops = flops_per_image * batch / seconds / 1e9
                 print(f"{size} px, batch {batch}, {name}: {seconds:.3f} s/step, {batch / seconds:5.1f} images/s, "
-                      f"{flops_per_image / 1e9:.2f} GFLOP/image, {gflops:.0f} GFLOP/s "
-                      f"= {100 * gflops / peak:.0f}% of peak")
+                      f"{flops_per_image / 1e9:.2f} GFLOP/image, {gflops:.0f} GFLOP/s{of_peak(gflops)}")
     if args.profile:
         size, batch = args.sizes[0], batches[0]
         model = build_model(params.model, in_channels=1).to(memory_format=torch.channels_last)
