@@ -5,8 +5,8 @@ x 2), 128 bfloat16 FLOP with AVX-512's bfloat16 dot products (2 units x 16 lanes
 bfloat16 FLOP with AMX tiles (one 16 x 16 x 32 tile product, 8192 multiply-adds, per 16 cycles). AMD Zen 4 (AMD's
 family 25 with AVX-512) runs 512-bit instructions through its two 256-bit datapaths, so its AVX-512 units reach
 half that; Xeons with one AVX-512 unit and mobile Zen 5 parts (family 26, as the full-width server parts) do too,
-but cpuinfo does not tell them apart. The bfloat16 units serve
-matrix products and convolutions only: batch norm, activations and the optimizer still run in float32. The clock
+but cpuinfo does not tell them apart. The bfloat16 units serve matrix products and convolutions only: batch norm,
+activations and the optimizer still run in float32. The clock
 is /proc/cpuinfo's highest "cpu MHz": a virtual machine shows its nominal clock, and turbo can take a kernel past
 100% of the peak computed from it. Cores are the threads the caller counts (hyper-threads share a core's units, so
 count physical cores).
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from lungseg.engine import AMX_CEILINGS, BFLOAT16_DOT_CEILINGS, onednn_isa_ceiling
+from lungseg.engine import onednn_allows, onednn_isa_ceiling
 
 
 @dataclass(frozen=True)
@@ -25,13 +25,13 @@ class Unit:
     name: str
     cpuinfo_flag: str
     flop_per_cycle: int
-    allowed_under: tuple[str | None, ...]  # oneDNN ceilings (engine.onednn_isa_ceiling) that leave it in use
+    onednn_level: str  # the oneDNN instruction-set level that uses it (engine.ONEDNN_ISA_LEVELS)
 
 
-AVX2 = Unit("AVX2 FMA, float32", "avx2", 32, (None, "avx2", "avx512", "avx512_bf16", "amx"))
-AVX512 = Unit("AVX-512 FMA, float32", "avx512f", 64, (None, "avx512", "avx512_bf16", "amx"))
-AVX512_BF16 = Unit("AVX-512 dot products, bfloat16", "avx512_bf16", 128, BFLOAT16_DOT_CEILINGS)
-AMX = Unit("AMX tiles, bfloat16", "amx_bf16", 1024, AMX_CEILINGS)
+AVX2 = Unit("AVX2 FMA, float32", "avx2", 32, "avx2")
+AVX512 = Unit("AVX-512 FMA, float32", "avx512f", 64, "avx512")
+AVX512_BF16 = Unit("AVX-512 dot products, bfloat16", "avx512_bf16", 128, "avx512_bf16")
+AMX = Unit("AMX tiles, bfloat16", "amx_bf16", 1024, "amx")
 UNITS = (AVX2, AVX512, AVX512_BF16, AMX)
 
 
@@ -41,20 +41,15 @@ class Peaks:
     gflops: dict[str, float]  # unit name -> peak GFLOP/s of the cores asked for, for the units this CPU has
 
 
-def flop_per_cycle(unit: Unit, cpuinfo: str) -> int:
-    """FLOP per core and cycle of `unit` on the CPU that `cpuinfo` describes."""
-    is_zen4 = (re.search(r"vendor_id\s*:\s*AuthenticAMD", cpuinfo) is not None
-               and re.search(r"cpu family\s*:\s*25\b", cpuinfo) is not None)
-    half_width = is_zen4 and unit in (AVX512, AVX512_BF16)
-    return unit.flop_per_cycle // 2 if half_width else unit.flop_per_cycle
-
-
 def cpu_peaks(cores: int, cpuinfo: str | None = None) -> Peaks:
     """The peaks of `cores` cores of this CPU (or of the /proc/cpuinfo text given)."""
     info = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
     ghz = max(float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", info)) / 1000
-    return Peaks(ghz, {unit.name: cores * ghz * flop_per_cycle(unit, info) for unit in UNITS
-                       if re.search(rf"\b{unit.cpuinfo_flag}\b", info)})
+    zen4 = (re.search(r"vendor_id\s*:\s*AuthenticAMD", info) is not None
+            and re.search(r"cpu family\s*:\s*25\b", info) is not None)
+    half_width = (AVX512, AVX512_BF16) if zen4 else ()
+    return Peaks(ghz, {unit.name: cores * ghz * unit.flop_per_cycle / (2 if unit in half_width else 1)
+                       for unit in UNITS if re.search(rf"\b{unit.cpuinfo_flag}\b", info)})
 
 
 def training_peak(peaks: Peaks, precision: str, environ: Mapping[str, str] = os.environ) -> tuple[float, str]:
@@ -63,7 +58,7 @@ def training_peak(peaks: Peaks, precision: str, environ: Mapping[str, str] = os.
     float32) that oneDNN's instruction-set limit in `environ` leaves in use."""
     ceiling = onednn_isa_ceiling(environ)
     for unit in (AMX, AVX512_BF16) if precision == "bfloat16" else (AVX512, AVX2):
-        if unit.name in peaks.gflops and ceiling in unit.allowed_under:
+        if unit.name in peaks.gflops and onednn_allows(unit.onednn_level, environ):
             return peaks.gflops[unit.name], unit.name
     raise ValueError(f"no nominal peak for {precision} training under oneDNN ceiling {ceiling or 'none'} on this "
                      "CPU (bfloat16 needs AMX tiles or AVX-512 dot products, float32 AVX2 or AVX-512 FMA)")

@@ -50,9 +50,8 @@ _ONEDNN_ISA_CEILINGS = {
     "AVX512_CORE": "avx512", "AVX512_CORE_VNNI": "avx512", "AVX512_CORE_BF16": "avx512_bf16",
     "AVX512_CORE_FP16": "avx512_bf16", "AVX10_1_512": "avx512_bf16", "AVX10_2_512": "avx512_bf16",
 }
-# The ceilings under which oneDNN keeps each native bfloat16 unit: AVX-512's bfloat16 dot products, AMX's tiles.
-BFLOAT16_DOT_CEILINGS = (None, "avx512_bf16", "amx")
-AMX_CEILINGS = (None, "amx")
+# The ceilings, narrowest first: a limit leaves oneDNN its own level and every level before it.
+ONEDNN_ISA_LEVELS = ("sse41", "avx", "avx2", "avx512", "avx512_bf16", "amx")
 
 
 def onednn_isa_ceiling(environ: Mapping[str, str] = os.environ) -> str | None:
@@ -61,6 +60,12 @@ def onednn_isa_ceiling(environ: Mapping[str, str] = os.environ) -> str | None:
     without a limit. The limit is how an AVX2-only CPU is emulated on a larger one."""
     name = (environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA") or "").upper()
     return "amx" if "_AMX" in name else _ONEDNN_ISA_CEILINGS.get(name)
+
+
+def onednn_allows(level: str, environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether oneDNN's instruction-set limit in `environ` leaves it `level` (one of ONEDNN_ISA_LEVELS)."""
+    ceiling = onednn_isa_ceiling(environ)
+    return ceiling is None or ONEDNN_ISA_LEVELS.index(level) <= ONEDNN_ISA_LEVELS.index(ceiling)
 
 
 def native_bfloat16(device: torch.device) -> bool:
@@ -73,9 +78,8 @@ def native_bfloat16(device: torch.device) -> bool:
         return True
     if device.type != "cpu":
         return False
-    ceiling = onednn_isa_ceiling()
-    return ((_cpu_has("_is_amx_tile_supported") and ceiling in AMX_CEILINGS)
-            or (_cpu_has("_is_avx512_bf16_supported") and ceiling in BFLOAT16_DOT_CEILINGS))
+    return ((_cpu_has("_is_amx_tile_supported") and onednn_allows("amx"))
+            or (_cpu_has("_is_avx512_bf16_supported") and onednn_allows("avx512_bf16")))
 
 
 def _cpu_has(probe: str) -> bool:
