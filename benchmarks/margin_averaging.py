@@ -1,8 +1,8 @@
 """Test-time averaging of second passes: for a trained checkpoint, Dice when the full-size probabilities of the
 second pass at several `evaluate.lung_crop_margin`s (or of one pass, 'none') are averaged before the threshold,
 against each margin alone; post-processed, at the masks' resolution, the checkpoint's threshold, as evaluate
-scores. Every extra margin is one more model run per image. Choose on the validation split; the test split only
-confirms.
+scores. The margins share one first pass; every margin is one more model run per image. Choose on the
+validation split; the test split only confirms.
 
     .venv/bin/python benchmarks/margin_averaging.py --average 0.05,0.1,0.15 0.05,0.1 none,0.1
 """
@@ -42,8 +42,9 @@ def main() -> None:
         counts = {variant: [] for variant in variants}  # per image: intersection, truth, predicted pixels
         for row in split_rows(manifest, split).itertuples():
             image, truth = read_grayscale(row.image_path), read_mask(row.mask_path)
-            full = {margin: imaging.predict_framed([image], run_model, trained.params.train.image_size,
-                                                   trained.params.model.intensity, threshold, margin, 1)[0]
+            size, intensity = trained.params.train.image_size, trained.params.model.intensity
+            first = imaging.predict_probabilities([image], run_model, size, intensity, 1)
+            full = {margin: imaging.second_pass([image], first, run_model, size, intensity, threshold, margin, 1)[0]
                     .full_size(*image.shape) for margin in singles}
             for variant in variants:
                 scores = score_masks(imaging.keep_lungs(np.mean([full[m] for m in variant], axis=0) > threshold), truth)

@@ -214,6 +214,7 @@ def test_a_stop_signal_refuses_new_connections_and_lets_a_request_in_flight_fini
     try:
         wait_for_http(f"{url}/health", process)
         expected = post(url, body)
+        assert expected[0] == 200 and expected[2].startswith(b"\x89PNG"), expected[:2]
         in_flight = socket.create_connection(("127.0.0.1", port), timeout=30)
         in_flight.sendall(b"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
                           + body[: len(body) // 2])

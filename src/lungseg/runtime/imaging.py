@@ -192,8 +192,8 @@ BOX_SHARE_MARGIN = 0.1  # the lung box of lung_box_share, widened as the default
 
 def lung_box_share(mask: np.ndarray, components: Regions) -> float | None:
     """The share of lung in the mask's own lung box (its two largest regions, `components` = regions(mask),
-    widened by BOX_SHARE_MARGIN per side): how lung-shaped a mask is whatever part of the film the thorax fills. None
-    for an empty mask."""
+    widened by BOX_SHARE_MARGIN per side): how lung-shaped a mask is, whatever part of the film the thorax
+    fills. None for an empty mask."""
     lungs = largest_regions_box(components)
     if lungs is None:
         return None
@@ -214,6 +214,15 @@ def predict_framed(
     magnified to the whole input).
     """
     first = predict_probabilities(images, run_model, image_size, intensity, batch_size)
+    return second_pass(images, first, run_model, image_size, intensity, threshold, lung_crop_margin, batch_size)
+
+
+def second_pass(
+    images: list[np.ndarray], first: list[np.ndarray], run_model: Callable[[np.ndarray], np.ndarray],
+    image_size: int, intensity: str, threshold: float, lung_crop_margin: float | None, batch_size: int,
+) -> list[Framed]:
+    """predict_framed after its first pass (`first`: predict_probabilities of the images), so that several
+    margins can share one first pass."""
     whole = [Framed(p, Box(0, image.shape[0], 0, image.shape[1])) for p, image in zip(first, images)]
     if lung_crop_margin is None:
         return whole
