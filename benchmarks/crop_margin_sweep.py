@@ -24,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
     trained = checkpoint.load(args.checkpoint)
     manifest = read_manifest(args.manifest)
-    print("split margin dice iou worst5pct min")
+    print("split margin dice iou mean worst5pct min")
     for split in args.splits:
         rows = split_rows(manifest, split)
         for lung_crop_margin in args.margins:
@@ -32,7 +32,7 @@ def main() -> None:
                                                         lung_crop_margin)
             scores = evaluation.split_metrics(evaluation.score_split(rows, inference), split)
             print(split, "none" if lung_crop_margin is None else f"{lung_crop_margin:g}",
-                  *(f"{scores[f'{split}/{key}']:.4f}" for key in ("dice", "iou", "dice_worst5pct", "dice_min")))
+                  *(f"{scores[f'{split}/{key}']:.4f}" for key in ("dice", "iou", "dice_mean", "dice_worst5pct", "dice_min")))
 
 
 if __name__ == "__main__":
