@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from lungseg import checkpoint, engine, evaluation, figures, stage, tables, tracking
-from lungseg.config import load_params
+from lungseg.config import flat_params, load_params
 from lungseg.runtime import files
 
 
@@ -15,7 +15,8 @@ def main() -> None:
         parser.add_argument(f"--{name}", type=Path, required=True)
     args = parser.parse_args()
 
-    config = load_params(args.params).evaluate
+    params = load_params(args.params)
+    config = params.evaluate
     trained = checkpoint.load(args.checkpoint)
     inference = evaluation.checkpoint_inference(trained, config.threshold, config.postprocess, config.batch_size,
                                                 config.lung_crop_margin, engine.select_device("auto"))
@@ -27,7 +28,7 @@ def main() -> None:
     files.write_json(args.metrics, metrics)
     figures.cases_figure(evaluation.case_panels(per_image, test, inference), args.cases)
     figures.dice_histogram(per_image["dice"].to_numpy(), args.histogram)
-    tracking.add_to_run(trained.mlflow_run_id, metrics, [args.metrics, args.per_image, args.cases, args.histogram],
+    tracking.add_to_run(trained.mlflow_run_id, flat_params(params), metrics, [args.metrics, args.per_image, args.cases, args.histogram],
                         os.environ, Path.cwd())
 
 

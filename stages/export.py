@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from lungseg import checkpoint, evaluation, export, stage, tables, tracking
-from lungseg.config import load_params
+from lungseg.config import flat_params, load_params
 from lungseg.runtime import files
 from lungseg.runtime.decode import read_grayscale
 from lungseg.runtime.model_file import card_path_for
@@ -34,7 +34,7 @@ def main() -> None:
     result = export.parity(args.onnx, inference, [read_grayscale(path) for path in parity_rows["image_path"]])
     files.write_json(args.metrics, result)
     export.check_parity(result, params.export.max_logit_diff, params.export.min_mask_agreement)
-    tracking.add_exported_model(trained.mlflow_run_id, result, args.onnx, card, os.environ, Path.cwd())
+    tracking.add_exported_model(trained.mlflow_run_id, flat_params(params), result, args.onnx, card, os.environ, Path.cwd())
 
 
 if __name__ == "__main__":

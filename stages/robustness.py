@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from lungseg import figures, robustness, stage, tables, tracking
-from lungseg.config import load_params
+from lungseg.config import flat_params, load_params
 from lungseg.runtime import files
 from lungseg.runtime.model_file import load_model
 from lungseg.runtime.predict import Segmenter
@@ -30,8 +30,8 @@ def main() -> None:
     tables.write_csv(args.plot, robustness.plot_table(metrics))
     figures.robustness_bars(robustness.plot_table(metrics), metrics["robustness/clean/dice"], str(args.figure))
     figures.examples_strip(robustness.example_images(test, params.seed), str(args.examples))
-    tracking.add_to_run(model.card["code_version"]["mlflow_run_id"], metrics, [args.metrics, args.figure], os.environ,
-                        Path.cwd())
+    tracking.add_to_run(model.card["code_version"]["mlflow_run_id"], flat_params(params), metrics,
+                        [args.metrics, args.figure], os.environ, Path.cwd())
 
 
 if __name__ == "__main__":

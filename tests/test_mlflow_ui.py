@@ -28,7 +28,7 @@ for name, dice in (("lr-high", 0.9412), ("lr-low", 0.9587)):
                                root / "params.yaml", {"training_precision": "float32"}) as run_id:
         for epoch in (1, 2):
             tracking.log_metrics({"val/dice": dice - 0.01 / epoch}, step=epoch)
-    tracking.add_to_run(run_id, {"test/dice": dice}, [], {}, root)
+    tracking.add_to_run(run_id, {"train.learning_rate": name}, {"test/dice": dice}, [], {}, root)
 """
     (root / "params.yaml").write_text("seed: 1\n")
     subprocess.run([sys.executable, "-c", script, str(root)], check=True, cwd=root,

@@ -100,6 +100,19 @@ def test_predict_with_the_exported_model(repo, tmp_path):
 
 def test_experiments_get_their_own_metrics_and_mlflow_runs(repo):
     root, env = repo
+    client, runs = mlflow_runs(root)
+    trained, test_dice = repro_run(runs).info.run_id, repro_run(runs).data.metrics["test/dice"]
+    # Only what comes after training changes: DVC reuses the model, and MLflow gets a run nested under its training
+    # run, which keeps the results of its own params.
+    run([str(BIN / "dvc"), "exp", "run", "-n", "one-pass", "-S", "evaluate.lung_crop_margin=null"], root, env)
+    _, runs = mlflow_runs(root)
+    (one_pass,) = [r for r in runs if r.info.run_name == "one-pass"]
+    assert one_pass.data.tags["mlflow.parentRunId"] == trained
+    assert one_pass.data.params["evaluate.lung_crop_margin"] == "null"
+    assert {"test/dice", "export/max_logit_diff", "robustness/clean/dice"} <= set(one_pass.data.metrics)
+    assert client.get_run(trained).data.metrics["test/dice"] == test_dice
+    assert one_pass.info.run_id in {v.run_id for v in client.search_model_versions("name = 'lungseg'")}
+
     run([str(BIN / "dvc"), "exp", "run", "-n", "faster-lr", "-S", "train.learning_rate=0.003"], root, env)
     run([str(BIN / "dvc"), "exp", "run", "--queue", "-n", "queued-bs", "-S", "train.batch_size=2"], root, env)
     run([str(BIN / "dvc"), "exp", "run", "--run-all"], root, env)

@@ -192,6 +192,11 @@ def load_params(path: str | Path) -> Params:
     return parse_params(raw, source=str(path))
 
 
+def flat_params(params: Params) -> dict[str, object]:
+    """All params with dotted names ('train.epochs'), as the MLflow runs record them."""
+    return flatten(params.model_dump(mode="json"))
+
+
 def flatten(mapping: dict, prefix: str = "") -> dict[str, object]:
     """{'train': {'epochs': 3}} -> {'train.epochs': 3}, for experiment trackers."""
     flat: dict[str, object] = {}

@@ -7,13 +7,16 @@ for `dvc exp run --queue` / `--temp` runs made in a throw-away copy, so those ru
 One run per training: named after the DVC experiment (or `repro-<commit>` for a plain `dvc repro`), with the
 params, the prepared split as a dataset input, per-epoch curves, then the test metrics, robustness scores and
 the ONNX model (card inside) added by the later stages, which also register it as a version of the model
-`lungseg`. A model whose training run is not in this store (trained in another clone, pulled from a DVC remote)
-gets a run of its own for the later stages, tagged lungseg.trained_in_run with the training run's id.
+`lungseg`. The later stages add to the training run only when they run with the params it was trained with; an
+experiment that changes only what comes after training (`dvc exp run -S evaluate.lung_crop_margin=null`, which
+reuses the trained model) gets a run nested under the training run, and a model whose training run is not in this
+store (trained in another clone, pulled from a DVC remote) a run of its own: see model_run_id.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
@@ -27,6 +30,7 @@ from urllib.parse import urlparse
 
 import mlflow
 import pandas as pd
+from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -37,8 +41,11 @@ DEFAULT_EXPERIMENT = "lungseg"
 # Marks the experiment as model training rather than GenAI, where MLflow's UI reads it (see run_ui).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 MAX_DIGEST = 36  # MLflow's limit on a dataset digest
-# On the run that holds a later stage's results when the model's training run is not in this store.
+# On a run that holds the later stages' results for a model's training run: its id, and the params' digest.
 TRAINED_IN_RUN_TAG = "lungseg.trained_in_run"
+PARAMS_DIGEST_TAG = "lungseg.params_sha256"
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's UI nests a run under the run this tag names
+MAX_PARAMS_PER_REQUEST = 100
 RUN_ID = re.compile(r"[0-9A-Za-z_-]+")  # a run id as MLflow's stores write them; nothing else goes into a filter
 
 log = logging.getLogger(__name__)
@@ -159,11 +166,25 @@ def run_tags(environ: Mapping[str, str], cwd: Path) -> dict[str, str]:
     return tags
 
 
-def log_params(flat_params: dict[str, object]) -> None:
-    # MLflow caps a request at 100 params; batching keeps any params.yaml size working.
-    items = [(k, "null" if v is None else str(v)) for k, v in flat_params.items()]
-    for start in range(0, len(items), 100):
-        mlflow.log_params(dict(items[start : start + 100]))
+def param_strings(flat_params: dict[str, object]) -> dict[str, str]:
+    """Params as MLflow stores them: strings, None as 'null'."""
+    return {key: "null" if value is None else str(value) for key, value in flat_params.items()}
+
+
+def params_digest(flat_params: dict[str, object]) -> str:
+    return hashlib.sha256(json.dumps(param_strings(flat_params), sort_keys=True).encode()).hexdigest()
+
+
+def log_params(flat_params: dict[str, object], client: MlflowClient | None = None, run_id: str | None = None) -> None:
+    """To the active run, or with client and run_id to that run. MLflow caps a request at 100 params; batching
+    keeps any params.yaml size working."""
+    items = list(param_strings(flat_params).items())
+    for start in range(0, len(items), MAX_PARAMS_PER_REQUEST):
+        batch = dict(items[start : start + MAX_PARAMS_PER_REQUEST])
+        if client is None:
+            mlflow.log_params(batch)
+        else:
+            client.log_batch(run_id, params=[Param(key, value) for key, value in batch.items()])
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
@@ -238,52 +259,88 @@ def run_ui(host: str, port: int) -> int:
                               "--port", str(port)])
 
 
-def model_run_id(tracking_uri: str, training_run_id: str | None, environ: Mapping[str, str], cwd: Path) -> str:
-    """The run a later stage adds to: the training run that made the model when this store holds it. A model
-    trained against another store (pulled from a DVC remote, copied from another clone) gets a run of its own,
-    named and tagged after the training run's id and shared by evaluate, export and robustness, so the stages
-    still log. A checkpoint without a training run id (not written by the train stage) gets a new run each time."""
+def model_run_id(tracking_uri: str, training_run_id: str | None, flat_params: dict[str, object],
+                 environ: Mapping[str, str], cwd: Path) -> str:
+    """The run a later stage (evaluate, export, robustness) adds to, given the params it runs with.
+
+    The training run that made the model, when this store holds it and the params are the ones it logged.
+    Otherwise a run that stands in for it, one per training run and params (found by its tags, so evaluate, export
+    and robustness, and any later experiment with the same params, settle on one run), with the params logged:
+    - params other than the training run's (an experiment that changes only evaluate, export or robustness
+      params, for which DVC reuses the trained model): named after the experiment and nested under the training
+      run, whose results stay those of its own params;
+    - a model trained against another store (pulled from a DVC remote, copied from another clone) or whose run
+      was deleted: trained-elsewhere-<id>.
+    A checkpoint without a training run id (not written by the train stage) gets a new run each time."""
     client = MlflowClient(tracking_uri)
-    if training_run_id is not None:
-        try:
-            training = client.get_run(training_run_id)
-            if training.info.lifecycle_stage != "deleted":  # MLflow refuses to reopen a deleted run
-                return training.info.run_id
-        except MlflowException as err:
-            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
+    training = _live_run(client, training_run_id)
+    if training is not None and training.data.params == param_strings(flat_params):
+        return training.info.run_id
     experiment_id = _experiment_id(tracking_uri, environ, cwd)
-    trained_in = training_run_id or "unknown"
+    trained_in, digest = training_run_id or "unknown", params_digest(flat_params)
     if training_run_id is not None and RUN_ID.fullmatch(training_run_id):
         # oldest first: should two stages have raced to create one, every later stage settles on the same run
-        earlier = client.search_runs([experiment_id], f"tags.`{TRAINED_IN_RUN_TAG}` = '{training_run_id}'",
-                                     max_results=1, order_by=["attributes.start_time ASC"])
+        earlier = client.search_runs(
+            [experiment_id], f"tags.`{TRAINED_IN_RUN_TAG}` = '{training_run_id}' AND tags.`{PARAMS_DIGEST_TAG}` = "
+            f"'{digest}'", max_results=1, order_by=["attributes.start_time ASC"])
         if earlier:
-            log.info("MLflow: logging to run %s, which stands in for the model's training run %s (not in %s)",
-                     earlier[0].info.run_id, trained_in, tracking_uri)
+            log.info("MLflow: logging to run %s, which stands in for the model's training run %s with these params",
+                     earlier[0].info.run_id, trained_in)
             return earlier[0].info.run_id
-    run = client.create_run(experiment_id, run_name=f"trained-elsewhere-{trained_in[:8]}",
-                            tags={TRAINED_IN_RUN_TAG: trained_in})
+    tags = {TRAINED_IN_RUN_TAG: trained_in, PARAMS_DIGEST_TAG: digest}
+    if training is not None:
+        name, tags[PARENT_RUN_TAG] = run_name(environ, cwd), training.info.run_id
+        tags.update(run_tags(environ, cwd))
+    else:
+        name = f"trained-elsewhere-{trained_in[:8]}"
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    log_params(flat_params, client, run.info.run_id)
     client.set_terminated(run.info.run_id)
-    log.warning("The model's training run %s is not in the MLflow store %s (a model trained in another clone or "
-                "pulled from a DVC remote); the later stages log to run %s, tagged %s=%s.", trained_in,
-                tracking_uri, run.info.run_id, TRAINED_IN_RUN_TAG, trained_in)
+    if training is not None:
+        log.info("MLflow: params differ from those of the model's training run %s (%s); the later stages log to "
+                 "run %s (%s), nested under it", trained_in, ", ".join(_changed(training.data.params, flat_params)),
+                 run.info.run_id, name)
+    else:
+        log.warning("The model's training run %s is not in the MLflow store %s (a model trained in another clone or "
+                    "pulled from a DVC remote); the later stages log to run %s, tagged %s=%s.", trained_in,
+                    tracking_uri, run.info.run_id, TRAINED_IN_RUN_TAG, trained_in)
     return run.info.run_id
 
 
-def add_to_run(training_run_id: str | None, metrics: dict[str, float], artifacts: list[str | Path],
-               environ: Mapping[str, str], cwd: Path) -> None:
-    """Add a later stage's metrics and files to the training run that made the model (see model_run_id)."""
+def _live_run(client: MlflowClient, run_id: str | None):
+    """The run, unless there is none by that id or it was deleted (MLflow refuses to reopen a deleted run)."""
+    if run_id is None:
+        return None
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return None
+    return run if run.info.lifecycle_stage != "deleted" else None
+
+
+def _changed(logged: dict[str, str], flat_params: dict[str, object]) -> list[str]:
+    now = param_strings(flat_params)
+    return [f"{key}: {logged.get(key, '(none)')} -> {now.get(key, '(none)')}"
+            for key in sorted(set(logged) | set(now)) if logged.get(key) != now.get(key)]
+
+
+def add_to_run(training_run_id: str | None, flat_params: dict[str, object], metrics: dict[str, float],
+               artifacts: list[str | Path], environ: Mapping[str, str], cwd: Path) -> None:
+    """Add a later stage's metrics and files, made with `flat_params`, to the run of the model's training run and
+    those params (see model_run_id)."""
     tracking_uri = resolve_tracking_uri(environ, cwd)
-    with open_run(tracking_uri, run_id=model_run_id(tracking_uri, training_run_id, environ, cwd)):
+    with open_run(tracking_uri, run_id=model_run_id(tracking_uri, training_run_id, flat_params, environ, cwd)):
         log_metrics(metrics)
         log_artifacts(artifacts)
 
 
-def add_exported_model(training_run_id: str | None, parity: dict[str, float], onnx_path: str | Path, card: dict,
-                       environ: Mapping[str, str], cwd: Path) -> str:
-    """Log the exported model to the training run (see model_run_id) and register it; the new version is tagged
-    with the git commit, the DVC experiment and the test metrics. Returns the version."""
+def add_exported_model(training_run_id: str | None, flat_params: dict[str, object], parity: dict[str, float],
+                       onnx_path: str | Path, card: dict, environ: Mapping[str, str], cwd: Path) -> str:
+    """Log the exported model to the run of its training run and `flat_params` (see model_run_id) and register
+    it; the new version is tagged with the git commit, the DVC experiment and the test metrics. Returns the
+    version."""
     import numpy as np
 
     from lungseg.runtime.model_file import load_model
@@ -291,7 +348,7 @@ def add_exported_model(training_run_id: str | None, parity: dict[str, float], on
     model = load_model(onnx_path, device="cpu")
     example = np.zeros((1, *card["input"]["shape"][1:]), dtype=np.float32)
     tracking_uri = resolve_tracking_uri(environ, cwd)
-    with open_run(tracking_uri, run_id=model_run_id(tracking_uri, training_run_id, environ, cwd)):
+    with open_run(tracking_uri, run_id=model_run_id(tracking_uri, training_run_id, flat_params, environ, cwd)):
         log_metrics(parity)
         mlflow.log_dict(card, "model.card.json")
         tags = {"git_commit": card["code_version"]["git_commit"], "dvc_exp_name": environ.get("DVC_EXP_NAME", ""),

@@ -14,7 +14,7 @@ from typing import Mapping
 import torch
 
 from lungseg import augment, checkpoint, data, distributed, engine, tables
-from lungseg.config import Params, flatten
+from lungseg.config import Params, flat_params
 from lungseg.losses import build_loss
 from lungseg.model import build_model
 
@@ -125,7 +125,7 @@ def _main_run(tracking_uri, environ, cwd, resume, params, inputs, manifest, trai
     @contextlib.contextmanager
     def run():
         with tracking.training_run(tracking_uri, environ, cwd, resume and resume["mlflow_run_id"],
-                                   flatten(params.model_dump(mode="json")), inputs.params_path,
+                                   flat_params(params), inputs.params_path,
                                    {"training_precision": training.precision,
                                     "training_processes": training.processes.world_size}) as run_id:
             if resume is None:
