@@ -28,6 +28,13 @@ def test_formats_are_recognised_by_content_not_by_name(tmp_path, real_xray):
     assert np.array_equal(read_xray(tmp_path / "film").pixels, image)
     assert read_xray(tmp_path / "film.tif").source_format == "tiff"
     assert read_xray(tmp_path / "misnamed.png").source_format == "jpeg"
+    # other formats PIL could decode are not read through an image's name, as the service refuses them (415)
+    for kind, name in (("BMP", "bmp_named.png"), ("GIF", "gif_named.jpg"), ("WEBP", "webp_named.tif")):
+        Image.fromarray(image).save(tmp_path / name, format=kind)
+        with pytest.raises(ImageReadError, match=f"{name}: not an image file"):
+            read_xray(tmp_path / name)
+        with pytest.raises(ImageReadError, match="not an image file"):
+            decode_xray((tmp_path / name).read_bytes(), "upload")
 
 
 def test_files_that_are_not_images_are_told_apart_from_broken_images(tmp_path, real_xray):

@@ -114,7 +114,8 @@ def test_a_header_that_cannot_make_a_seg_is_one_row_and_the_batch_goes_on(export
     out = tmp_path / "out"
     assert main(["predict", str(series), "--model", str(tiny_onnx), "--output", str(out), "--quiet", "--seg"]) == 1
     report = read_report(out)
-    assert report["no_study_uid"]["status"].startswith("error: no_study_uid: cannot make a DICOM SEG from the file's header")
+    assert report["no_study_uid"]["status"] == ("error: no_study_uid: cannot make a DICOM SEG from the file's header: "
+                                                "it lacks StudyInstanceUID")
     assert report["1.2.840.1"]["status"] in ("ok", "review") and (out / "1.2.840.1.seg.dcm").is_file()
     assert not (out / "no_study_uid.png").exists()
     assert "Traceback" not in capsys.readouterr().err

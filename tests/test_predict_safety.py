@@ -149,7 +149,7 @@ def test_results_already_in_the_output_folder_are_kept_unless_overwrite_is_asked
     out.mkdir()
     (out / "b.png").write_bytes(b"the user's own file")
     assert predict(folder, "--model", tiny_onnx, "--output", out) == 3
-    assert "already holds 1 of this run's result files (first: b.png)" in capsys.readouterr().err
+    assert "already holds 1 result file of these inputs (first: b.png)" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["b.png"]  # refused before any work
     assert (out / "b.png").read_bytes() == b"the user's own file"
     assert predict(folder, "--model", tiny_onnx, "--output", out, "--overwrite") == 0
@@ -220,3 +220,88 @@ def test_an_input_that_fails_on_overwrite_keeps_no_mask_of_the_earlier_run(folde
     assert not (out / "b.png").exists() and not (out / "b_labels.png").exists()
     assert (out / "a.png").is_file() and (out / "c.png").is_file()
 
+
+
+def test_a_thread_count_above_the_machines_cpus_is_a_usage_error(folder, tiny_onnx, tmp_path):
+    with pytest.raises(SystemExit) as usage:
+        predict(folder, "--model", tiny_onnx, "--output", tmp_path / "out", "--threads", str(os.cpu_count() + 1))
+    assert usage.value.code == 2
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(folder, tiny_onnx, tmp_path, capsys):
+    from lungseg.runtime.predict import CLAIM, claim_output
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with claim_output(out):  # another lungseg predict, writing there
+        assert predict(folder, "--model", tiny_onnx, "--output", out) == 3
+        assert "another lungseg predict is writing there" in capsys.readouterr().err
+        assert [p.name for p in out.iterdir()] == [CLAIM]
+    assert not (out / CLAIM).exists()
+    assert predict(folder, "--model", tiny_onnx, "--output", out) == 0
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # its claim is gone too
+
+
+def test_a_file_name_that_is_not_utf8_is_one_row_like_any_other(folder, tiny_onnx, tmp_path, capsys):
+    odd = os.fsencode(folder) + b"/bad\xff\xfe.png"
+    os.rename(folder / "a.png", odd)
+    out = tmp_path / "out"
+    assert predict(folder, "--model", tiny_onnx, "--output", out) == 0
+    report = (out / "report.csv").read_bytes()
+    assert b"bad\xff\xfe.png" in report and report.count(b"\n") == 4  # header and three rows
+    assert os.path.exists(os.fsencode(out) + b"/bad\xff\xfe.png")
+
+
+def test_linked_folders_are_followed_once_and_a_dangling_link_is_an_error_row(folder, tiny_onnx, tmp_path, real_xray,
+                                                                               capsys):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    Image.fromarray(real_xray[0]).save(elsewhere / "d.png")
+    (folder / "linked").symlink_to(elsewhere)
+    (folder / "loop").symlink_to(folder)  # walked once, not forever
+    (folder / "gone.png").symlink_to(tmp_path / "nothing.png")
+    out = tmp_path / "out"
+    assert predict(folder, "--model", tiny_onnx, "--output", out) == 1
+    assert "gone.png: file not found" in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("*.png") if "_" not in p.name) == ["a.png", "b.png", "c.png"]
+    assert (out / "linked" / "d.png").is_file()
+    with open(out / "report.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 5
+    assert predict(folder, "--model", tiny_onnx, "--output", elsewhere / "masks") == 3  # inside a linked input
+
+
+def test_overwrite_leaves_each_input_only_this_runs_results(folder, tiny_onnx, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert predict(folder, "--model", tiny_onnx, "--output", out, "--overlay") == 0
+    assert predict(folder, "--model", tiny_onnx, "--output", out) == 3  # the overlays are results of these inputs
+    assert "already holds 10 result files of these inputs" in capsys.readouterr().err  # 3 x 3 and report.csv
+    assert predict(folder, "--model", tiny_onnx, "--output", out, "--overwrite") == 0
+    assert not list(out.glob("*_overlay.png")) and len(list(out.glob("*_labels.png"))) == 3
+
+
+def test_an_input_whose_write_fails_keeps_none_of_its_files(folder, tiny_onnx, tmp_path, monkeypatch):
+    real_write = files.write_bytes
+
+    def overlay_cannot_be_written(path, data):
+        if Path(path).name == "b_overlay.png":
+            raise files.OutputError(f"{path}: cannot write (No space left on device)")
+        real_write(path, data)
+
+    monkeypatch.setattr(files, "write_bytes", overlay_cannot_be_written)
+    out = tmp_path / "out"
+    assert predict(folder, "--model", tiny_onnx, "--output", out, "--overlay") == 3
+    assert not [p.name for p in out.iterdir() if p.name.startswith("b")]  # its labels, written first, are gone
+
+
+def test_inputs_without_an_xray_exit_1(tmp_path, tiny_onnx, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "readme.txt").write_text("export notes")
+    assert predict(inputs, "--model", tiny_onnx, "--output", tmp_path / "out") == 1
+    assert "no X-ray found among the 1 input files" in capsys.readouterr().err
+
+
+def test_an_output_path_that_is_a_file_is_named_as_such(folder, tiny_onnx, tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    assert predict(folder, "--model", tiny_onnx, "--output", tmp_path / "taken") == 3
+    assert "is a file, not a folder" in capsys.readouterr().err

@@ -4,15 +4,16 @@
 model is named by an MLflow URI); `promote` sets a registry alias; `ui` and `tracking-server` are for the
 training side.
 
-Exit codes: 0 all went well; 1 some inputs failed (each named on stderr and in report.csv); 2 usage errors
-(argparse); 3 an unusable model or output location, or --seg without its extra (nothing was done), or a failed
-write stopped the batch.
+Exit codes: 0 all went well; 1 some inputs failed (each named on stderr and in report.csv) or no X-ray was
+found among them; 2 usage errors (argparse); 3 an unusable model or output location (another predict writing
+there included), or --seg without its extra (nothing was done), or a failed write stopped the batch.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -38,7 +39,7 @@ def _load(args: argparse.Namespace):
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from lungseg.runtime.predict import Options, plan, predict_files
+    from lungseg.runtime.predict import Options, claim_output, plan, predict_files
 
     options = Options(overlay=args.overlay, probabilities=args.probabilities, seg=args.seg,
                       patient_fields=args.patient_fields)
@@ -47,11 +48,14 @@ def _predict(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     try:
         segmenter = _load(args)
-        jobs = plan(args.inputs, args.output, options.extras(), overwrite=args.overwrite)
+        plan(args.inputs, args.output, options.extras(), overwrite=args.overwrite)  # checks, then the folder exists
+        with claim_output(args.output):
+            # planned again while this run holds the folder: another run may have written there meanwhile
+            jobs = plan(args.inputs, args.output, options.extras(), overwrite=args.overwrite)
+            summary = predict_files(segmenter, jobs, args.output, options, show_progress=not args.quiet)
     except UserError as err:
         _error(err)
         return EXIT_UNUSABLE
-    summary = predict_files(segmenter, jobs, args.output, options, show_progress=not args.quiet)
     for problem in summary.failed:
         _error(problem)
     for reason in summary.skipped:
@@ -62,6 +66,9 @@ def _predict(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     if not jobs:
         _error("no input files found")
+        return EXIT_INPUTS_FAILED
+    if summary.written == 0 and not summary.failed:
+        _error(f"no X-ray found among the {len(jobs)} input files")
         return EXIT_INPUTS_FAILED
     return EXIT_INPUTS_FAILED if summary.failed else EXIT_OK
 
@@ -138,7 +145,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                              "models:/lungseg/3, runs:/<run id>/model (needs lungseg[mlflow])")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto: CUDA when onnxruntime-gpu can use it, else CPU; cuda: fail rather than fall back")
-    parser.add_argument("--threads", type=_whole_number(0), default=0, help="ONNX Runtime threads (0: all cores)")
+    parser.add_argument("--threads", type=_whole_number(0, os.cpu_count() or 1), default=0,
+                        help="ONNX Runtime threads, at most this machine's logical CPUs (0: all cores)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not valid UTF-8 is shown escaped, never a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("lungseg").setLevel(logging.INFO)  # our progress; libraries (highdicom) only warn

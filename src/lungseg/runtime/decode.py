@@ -22,6 +22,7 @@ from lungseg.errors import UserError
 from lungseg.runtime.limits import MAX_PIXELS
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+RASTER_FORMATS = ("PNG", "JPEG", "TIFF")  # PIL's names (its JPEG decoder also opens MPO, a JPEG with extra pictures)
 DICOM_SUFFIXES = (".dcm", ".dicom")
 CONTAINER_BITS = (8, 10, 12, 14, 16)
 
@@ -87,7 +88,7 @@ def to_grayscale_uint8(image: Image.Image, name: str) -> tuple[np.ndarray, int]:
 
 def _decode_raster(source: Path | io.BytesIO, name: str) -> Xray:
     try:
-        with Image.open(source) as image:
+        with Image.open(source, formats=RASTER_FORMATS) as image:  # no other PIL decoder, whatever the name
             frames = getattr(image, "n_frames", 1)
             check_pixel_count(image.width * image.height, name)
             if frames > 1:

@@ -97,8 +97,10 @@ def _not_an_xray(ds: pydicom.Dataset, name: str) -> None:
         if sop_class.startswith(prefix):
             raise NotAnImage(f"{name}: {kind} ({pydicom.uid.UID(sop_class).name}), not an X-ray")
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise NotAnImage(f"{name}: DICOM object without pixel data "
-                         f"({pydicom.uid.UID(sop_class).name if sop_class else 'no SOP class'})")
+        kind = pydicom.uid.UID(sop_class).name if sop_class else "no SOP class"
+        if "Rows" in ds or "Image Storage" in kind:  # an image whose pixels are missing: a broken file
+            raise ImageReadError(f"{name}: DICOM image ({kind}) without pixel data: truncated or incomplete file")
+        raise NotAnImage(f"{name}: DICOM object without pixel data ({kind})")
 
 
 def _check_header(ds: pydicom.Dataset, name: str) -> None:

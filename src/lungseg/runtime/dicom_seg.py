@@ -68,6 +68,9 @@ def segmentation(header, labels: np.ndarray, model) -> hd.seg.Segmentation:
         omit_empty_frames=False)
 
 
+SOURCE_IDENTITY = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")  # a SEG refers to them
+
+
 class SegError(UserError, ValueError):
     """No SEG can be made from this source's header: that file's SEG only, never the batch or the service."""
 
@@ -75,6 +78,9 @@ class SegError(UserError, ValueError):
 def segmentation_bytes(header, labels: np.ndarray, model) -> bytes:
     """The SEG file's bytes; SegError when highdicom refuses the source header (a study or series UID missing,
     a value it cannot copy)."""
+    missing = [keyword for keyword in SOURCE_IDENTITY if not header.get(keyword)]
+    if missing:  # named plainly, rather than as the exception highdicom would raise
+        raise SegError(f"cannot make a DICOM SEG from the file's header: it lacks {', '.join(missing)}")
     buffer = io.BytesIO()
     try:
         segmentation(header, labels, model).save_as(buffer)

@@ -34,6 +34,8 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before it has its name: a power cut leaves no empty result
         os.replace(temporary, path)
     except OSError as err:
         try:
@@ -44,7 +46,8 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
+    """UTF-8; a file name that is not valid UTF-8 (held by Python as surrogates) is written as its own bytes."""
+    write_bytes(path, text.encode("utf-8", errors="surrogateescape"))
 
 
 def write_json(path: str | Path, data: dict) -> None:

@@ -8,14 +8,16 @@ UID). Beside it, on request: <name>_labels.png (1 = right lung, 2 = left lung), 
 problem.
 
 Safety, checked before any work: the output folder may not be, or lie inside, an input folder, no output may
-overwrite an input, and no file already in the output folder is replaced unless asked (`overwrite`); two
-inputs whose outputs would collide keep the first and report the second. Every file is written atomically
+overwrite an input, and no result file already in the output folder is replaced unless asked (`overwrite`, which
+then leaves each input only this run's results); two inputs whose outputs would collide keep the first and report
+the second; one run at a time writes to an output folder (`claim_output`). Every file is written atomically
 under a hidden temporary name; leftovers of a killed run are cleared at the start. A file that cannot be read
 or segmented is one row of report.csv, never the end of the batch; only a failed write (a full disk) stops it,
 and report.csv is still written for what was done when the disk allows it.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -24,6 +26,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -48,6 +51,8 @@ REPORT_COLUMNS = [
 ]
 PATIENT_COLUMNS = ["PatientID", "PatientName", "AccessionNumber"]
 REPORT = "report.csv"
+RESULT_COLUMNS = ("mask", "labels", "overlay", "probability", "seg")  # report.csv's columns naming result files
+CLAIM = ".lungseg-predict.lock"  # hidden: input listing never picks it up
 
 
 class OutputLocationError(UserError, ValueError):
@@ -126,16 +131,20 @@ class Job:
     shown: str  # the input as reported: its path as given, or below the folder it was found in
     mask: Path | None  # None for an input that does not exist
     refused: str = ""  # why this input is not processed: it does not exist, or its outputs would collide
-    replaces: list[Path] = field(default_factory=list)  # its result files already there (--overwrite)
+    replaces: list[Path] = field(default_factory=list)  # result files of any kind already there (--overwrite)
 
 
-def _visible_files(folder: Path) -> list[Path]:
-    """Every regular file below `folder`, hidden files and folders left out, in a stable order."""
-    found = []
-    for root, folders, names in os.walk(folder):
-        folders[:] = sorted(f for f in folders if not f.startswith("."))
+def _visible_files(folder: Path) -> tuple[list[Path], set[Path]]:
+    """Every file below `folder` in a stable order, hidden files and folders left out, and the real folders
+    walked. Linked folders are followed, each real folder once (a link loop ends there); a link to nothing is
+    listed, so that it is reported as a file not found."""
+    found, walked = [], set()
+    for root, folders, names in os.walk(folder, followlinks=True):
+        walked.add(Path(root).resolve())
+        folders[:] = [f for f in sorted(folders) if not f.startswith(".")
+                      and (Path(root) / f).resolve() not in walked | {Path(root).resolve()}]
         found.extend(Path(root) / name for name in sorted(names) if not name.startswith("."))
-    return [path for path in found if path.is_file()]
+    return [path for path in found if path.is_file() or path.is_symlink()], walked
 
 
 def output_name(relative: Path) -> Path:
@@ -151,6 +160,38 @@ def _targets(job: Job, extras: set[str]) -> list[Path]:
     return [job.mask] + [job.mask.with_name(job.mask.stem + EXTRA_OUTPUTS[e]) for e in sorted(extras)]
 
 
+@contextlib.contextmanager
+def claim_output(output_dir: str | Path) -> Iterator[None]:
+    """Hold an existing output folder for one run: another run into it meanwhile is refused (OutputLocationError)
+    instead of replacing this one's report.csv or clearing its temporaries. An advisory lock (flock) on a hidden
+    file, removed at the end and released however the process ends; where there is no flock (Windows), runs are
+    not kept apart."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = Path(output_dir) / CLAIM
+    try:
+        handle = open(path, "a")
+    except OSError as err:
+        raise OutputLocationError(f"--output {output_dir}: cannot hold the folder ({err.strerror or err})") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino  # not a file a finishing run removed
+        except OSError:
+            held = False
+        if not held:
+            raise OutputLocationError(f"--output {output_dir}: another lungseg predict is writing there; wait for "
+                                      f"it, or choose another folder")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()  # while still held: a run waiting on this file sees it gone
+
+
 def plan(inputs: list[str | Path], output_dir: str | Path, extras: set[str], overwrite: bool = False) -> list[Job]:
     """The work: one Job per input file; an input that does not exist is a refused Job, reported like others.
 
@@ -159,14 +200,16 @@ def plan(inputs: list[str | Path], output_dir: str | Path, extras: set[str], ove
     `overwrite` is off, or when the output folder cannot be created.
     """
     output_dir = Path(output_dir).resolve()
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputLocationError(f"--output {output_dir} is a file, not a folder")
     jobs = []
     for item in map(Path, inputs):
         if item.is_dir():
-            folder = item.resolve()
-            if _inside(output_dir, folder):
+            found, walked = _visible_files(item)
+            if any(_inside(output_dir, folder) for folder in walked):
                 raise OutputLocationError(f"--output {output_dir} is (inside) the input folder {item}: masks would "
                                           f"mix with, and be read back as, inputs; choose another folder")
-            for path in _visible_files(item):
+            for path in found:
                 relative = path.relative_to(item)
                 jobs.append(Job(path, str(relative if len(inputs) == 1 else path),
                                 output_dir / f"{output_name(relative)}.png"))
@@ -187,12 +230,13 @@ def plan(inputs: list[str | Path], output_dir: str | Path, extras: set[str], ove
             job.refused = f"{job.shown}: not processed, its outputs would overwrite those of {clash}"
         else:
             claimed.update(dict.fromkeys(targets, job.shown))
-            job.replaces = [target for target in targets if target.exists()]
+            job.replaces = [target for target in _targets(job, set(EXTRA_OUTPUTS)) if target.exists()]
     if not overwrite:
         existing = [path for job in jobs for path in job.replaces] + [p for p in [output_dir / REPORT] if p.exists()]
         if existing:
             raise OutputLocationError(
-                f"--output {output_dir} already holds {len(existing)} of this run's result files (first: "
+                f"--output {output_dir} already holds {len(existing)} result file{'s' * (len(existing) > 1)} of "
+                f"these inputs (first: "
                 f"{existing[0].relative_to(output_dir)}); choose a new folder, or pass --overwrite to replace them")
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -256,24 +300,33 @@ def _write_results(segmenter: Segmenter, job: Job, xray: Xray, framed: imaging.F
     row.update(pixel_spacing_mm="x".join(f"{v:g}" for v in spacing) if spacing else "",
                pixel_spacing_source=xray.dicom.get("pixel_spacing_source", ""))
     extra = {name: job.mask.with_name(job.mask.stem + suffix) for name, suffix in EXTRA_OUTPUTS.items()}
-    if options.seg and xray.header is not None:
-        from lungseg.runtime import dicom_seg  # highdicom: only when asked for
+    written: list[Path] = []
 
-        try:
-            seg = dicom_seg.segmentation_bytes(xray.header, result.labels, segmenter.model)
-        except dicom_seg.SegError as err:  # no output for this file; the batch goes on
-            raise ResultError(f"{job.shown}: {err}") from None
-        files.write_bytes(extra["seg"], seg)
-        row["seg"] = shown(extra["seg"])
-    files.write_png(extra["labels"], result.labels)
-    row["labels"] = shown(extra["labels"])
-    if options.overlay:
-        files.write_png(extra["overlay"], outline_overlay(xray.pixels, result.labels))
-        row["overlay"] = shown(extra["overlay"])
-    if options.probabilities:
-        files.write_png(extra["probabilities"], probability_png(result.probabilities))
-        row["probability"] = shown(extra["probabilities"])
-    files.write_png(job.mask, mask_png(result.mask))  # last: a mask on disk means all of its outputs are there
+    def write(column: str, path: Path, data: bytes) -> None:
+        files.write_bytes(path, data)
+        written.append(path)
+        row[column] = shown(path)
+
+    try:
+        if options.seg and xray.header is not None:
+            from lungseg.runtime import dicom_seg  # highdicom: only when asked for
+
+            try:
+                seg = dicom_seg.segmentation_bytes(xray.header, result.labels, segmenter.model)
+            except dicom_seg.SegError as err:  # no output for this file; the batch goes on
+                raise ResultError(f"{job.shown}: {err}") from None
+            write("seg", extra["seg"], seg)
+        write("labels", extra["labels"], files.png_bytes(result.labels))
+        if options.overlay:
+            write("overlay", extra["overlay"], files.png_bytes(outline_overlay(xray.pixels, result.labels)))
+        if options.probabilities:
+            write("probability", extra["probabilities"], files.png_bytes(probability_png(result.probabilities)))
+        write("mask", job.mask, files.png_bytes(mask_png(result.mask)))  # last: a mask means all outputs are there
+    except Exception:
+        for path in written:  # a failed input keeps none of this run's files either
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
     return row
 
 
@@ -332,7 +385,9 @@ def predict_files(segmenter: Segmenter, jobs: list[Job], output_dir: str | Path,
         rows = [{"file": job.shown, **_settle(job, result)} for job, result in results]
     for (job, _), row in zip(results, rows):
         if row["status"].startswith("error: "):  # failed now; inputs the batch never reached keep theirs
-            _remove_replaced(job, row)
+            _remove_replaced(job, row, keep=set())
+        elif row["status"] in ("ok", "review"):  # an earlier run's kinds of result this run did not make
+            _remove_replaced(job, row, keep={output_dir / row[column] for column in RESULT_COLUMNS if row.get(column)})
     summary.seconds = time.perf_counter() - start
     summary.stopped = write_failures[0] if write_failures else ""
     for row in rows:
@@ -352,9 +407,12 @@ def predict_files(segmenter: Segmenter, jobs: list[Job], output_dir: str | Path,
     return summary
 
 
-def _remove_replaced(job: Job, row: dict) -> None:
-    """An input that failed this time keeps no result of an earlier run: a mask on disk is always this run's."""
+def _remove_replaced(job: Job, row: dict, keep: set[Path]) -> None:
+    """An input keeps no result of an earlier run but those this run replaced (`keep`): a mask on disk is always
+    this run's, and so is every file beside it."""
     for path in job.replaces:
+        if path in keep:
+            continue
         try:
             path.unlink(missing_ok=True)
         except OSError as err:
