@@ -141,8 +141,7 @@ def _visible_files(folder: Path) -> tuple[list[Path], set[Path]]:
     found, walked = [], set()
     for root, folders, names in os.walk(folder, followlinks=True):
         walked.add(Path(root).resolve())
-        folders[:] = [f for f in sorted(folders) if not f.startswith(".")
-                      and (Path(root) / f).resolve() not in walked | {Path(root).resolve()}]
+        folders[:] = [f for f in sorted(folders) if not f.startswith(".") and (Path(root) / f).resolve() not in walked]
         found.extend(Path(root) / name for name in sorted(names) if not name.startswith("."))
     return [path for path in found if path.is_file() or path.is_symlink()], walked
 
