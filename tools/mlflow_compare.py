@@ -3,7 +3,8 @@ them after ticking both and pressing Compare. Starts `lungseg ui` on the store, 
 the two runs in headless Chromium (Debian's chromium package, driven by Playwright), plots their test and
 robustness scores side by side and saves a screenshot.
 
-    .venv/bin/python tools/mlflow_compare.py repro-d3888b5d png-sources --output docs/mlflow_compare.png
+    .venv/bin/dvc exp run -n one-pass -S evaluate.lung_crop_margin=null   # after dvc repro: a run nested under it
+    .venv/bin/python tools/mlflow_compare.py repro-55317199 one-pass --output docs/mlflow_compare.png
 """
 import argparse
 import json
