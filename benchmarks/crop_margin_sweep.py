@@ -32,7 +32,8 @@ def main() -> None:
                                                         lung_crop_margin)
             scores = evaluation.split_metrics(evaluation.score_split(rows, inference), split)
             print(split, "none" if lung_crop_margin is None else f"{lung_crop_margin:g}",
-                  *(f"{scores[f'{split}/{key}']:.4f}" for key in ("dice", "iou", "dice_mean", "dice_worst5pct", "dice_min")))
+                  *(f"{scores[f'{split}/{key}']:.4f}"
+                    for key in ("dice", "iou", "dice_mean", "dice_worst5pct", "dice_min")))
 
 
 if __name__ == "__main__":

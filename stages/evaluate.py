@@ -28,8 +28,8 @@ def main() -> None:
     files.write_json(args.metrics, metrics)
     figures.cases_figure(evaluation.case_panels(per_image, test, inference), args.cases)
     figures.dice_histogram(per_image["dice"].to_numpy(), args.histogram)
-    tracking.add_to_run(trained.mlflow_run_id, flat_params(params), metrics, [args.metrics, args.per_image, args.cases, args.histogram],
-                        os.environ, Path.cwd())
+    tracking.add_to_run(trained.mlflow_run_id, flat_params(params), metrics,
+                        [args.metrics, args.per_image, args.cases, args.histogram], os.environ, Path.cwd())
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ def main() -> None:
     result = export.parity(args.onnx, inference, [read_grayscale(path) for path in parity_rows["image_path"]])
     files.write_json(args.metrics, result)
     export.check_parity(result, params.export.max_logit_diff, params.export.min_mask_agreement)
-    tracking.add_exported_model(trained.mlflow_run_id, flat_params(params), result, args.onnx, card, os.environ, Path.cwd())
+    tracking.add_exported_model(trained.mlflow_run_id, flat_params(params), result, args.onnx, card, os.environ,
+                                Path.cwd())
 
 
 if __name__ == "__main__":

@@ -36,3 +36,13 @@ def test_leftover_temporaries_of_a_killed_run_are_cleared(tmp_path):
     (tmp_path / "keep.png").write_bytes(b"done")
     assert files.clear_temporaries(tmp_path) == 1
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["keep.png"]
+
+
+def test_a_sub_folder_another_run_holds_keeps_its_temporaries(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / ".claim").write_text("")
+    (tmp_path / "sub" / f"{files.TEMPORARY_PREFIX}x-a.png").write_bytes(b"being written")
+    (tmp_path / f"{files.TEMPORARY_PREFIX}y-b.png").write_bytes(b"left by a killed run")
+    assert files.clear_temporaries(tmp_path, spare_folders_holding=".claim") == 1
+    assert (tmp_path / "sub" / f"{files.TEMPORARY_PREFIX}x-a.png").exists()
+    assert files.clear_temporaries(tmp_path) == 1

@@ -1,5 +1,6 @@
 """`lungseg predict` under hostile conditions: nothing already there is overwritten, a folder is never read
 partly, a full disk or a kill leaves only complete files, and the exit code tells what happened."""
+import contextlib
 import csv
 import os
 import signal
@@ -221,7 +222,6 @@ def test_an_input_that_fails_on_overwrite_keeps_no_mask_of_the_earlier_run(folde
     assert (out / "a.png").is_file() and (out / "c.png").is_file()
 
 
-
 def test_a_thread_count_above_the_machines_cpus_is_a_usage_error(folder, tiny_onnx, tmp_path):
     with pytest.raises(SystemExit) as usage:
         predict(folder, "--model", tiny_onnx, "--output", tmp_path / "out", "--threads", str(os.cpu_count() + 1))
@@ -244,7 +244,10 @@ def test_a_second_run_into_a_folder_in_use_is_refused(folder, tiny_onnx, tmp_pat
 
 def test_a_file_name_that_is_not_utf8_is_one_row_like_any_other(folder, tiny_onnx, tmp_path, capsys):
     odd = os.fsencode(folder) + b"/bad\xff\xfe.png"
-    os.rename(folder / "a.png", odd)
+    try:
+        os.rename(folder / "a.png", odd)
+    except OSError:
+        pytest.skip("this file system refuses file names that are not UTF-8 (macOS APFS)")
     out = tmp_path / "out"
     assert predict(folder, "--model", tiny_onnx, "--output", out) == 0
     report = (out / "report.csv").read_bytes()
@@ -259,12 +262,15 @@ def test_linked_folders_are_followed_once_and_a_dangling_link_is_an_error_row(fo
     Image.fromarray(real_xray[0]).save(elsewhere / "d.png")
     (folder / "linked").symlink_to(elsewhere)
     (folder / "loop").symlink_to(folder)  # walked once, not forever
+    (folder / "same").symlink_to(elsewhere)  # a second link to one folder: its files once, under the first name
+    os.mkfifo(tmp_path / "pipe")
+    (folder / "pipe.png").symlink_to(tmp_path / "pipe")  # a link to a pipe would block the reader: left out
     (folder / "gone.png").symlink_to(tmp_path / "nothing.png")
     out = tmp_path / "out"
     assert predict(folder, "--model", tiny_onnx, "--output", out) == 1
     assert "gone.png: file not found" in capsys.readouterr().err
     assert sorted(p.name for p in out.glob("*.png") if "_" not in p.name) == ["a.png", "b.png", "c.png"]
-    assert (out / "linked" / "d.png").is_file()
+    assert (out / "linked" / "d.png").is_file() and not (out / "same").exists()
     with open(out / "report.csv", newline="") as handle:
         assert len(list(csv.DictReader(handle))) == 5
     assert predict(folder, "--model", tiny_onnx, "--output", elsewhere / "masks") == 3  # inside a linked input
@@ -305,3 +311,84 @@ def test_an_output_path_that_is_a_file_is_named_as_such(folder, tiny_onnx, tmp_p
     (tmp_path / "taken").write_text("a file")
     assert predict(folder, "--model", tiny_onnx, "--output", tmp_path / "taken") == 3
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_overwrite_never_removes_another_inputs_result_or_an_input(tmp_path, tiny_onnx, real_xray):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("chest", "chest_overlay"):  # chest's overlay would be named as chest_overlay's mask
+        Image.fromarray(real_xray[0]).save(inputs / f"{name}.png")
+    out = tmp_path / "out"
+    assert predict(inputs, "--model", tiny_onnx, "--output", out) == 0
+    assert predict(inputs, "--model", tiny_onnx, "--output", out, "--overwrite") == 0
+    assert (out / "chest.png").is_file() and (out / "chest_overlay.png").is_file()
+    (out / "extra").mkdir()
+    Image.fromarray(real_xray[0]).save(out / "extra" / "x_overlay.png")  # an input that lies in the output folder
+    Image.fromarray(real_xray[0]).save(out / "extra" / "x.png")
+    assert predict(out / "extra" / "x.png", out / "extra" / "x_overlay.png", "--model", tiny_onnx,
+                   "--output", out / "extra" / "masks") == 0
+    assert (out / "extra" / "x_overlay.png").is_file()
+
+
+def test_an_input_skipped_on_overwrite_keeps_no_result_of_the_earlier_run(tmp_path, tiny_onnx, real_xray):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(real_xray[0]).save(inputs / "film", format="PNG")  # no extension: read by content
+    Image.fromarray(real_xray[0]).save(inputs / "other.png")
+    out = tmp_path / "out"
+    assert predict(inputs, "--model", tiny_onnx, "--output", out) == 0
+    (inputs / "film").write_text("not an image any more")
+    assert predict(inputs, "--model", tiny_onnx, "--output", out, "--overwrite") == 0
+    assert not (out / "film.png").exists() and not (out / "film_labels.png").exists()
+    assert (out / "other.png").is_file()
+
+
+def test_what_another_run_wrote_before_this_one_held_the_folder_is_not_replaced(folder, tiny_onnx, tmp_path,
+                                                                               monkeypatch, capsys):
+    from lungseg.runtime import predict as runtime_predict
+
+    real_claim = runtime_predict.claim_output
+    out = tmp_path / "out"
+
+    @contextlib.contextmanager
+    def another_run_finishes_first(output_dir):
+        (out / "b.png").write_bytes(b"the other run's mask")  # between this run's first look and its claim
+        with real_claim(output_dir):
+            yield
+
+    monkeypatch.setattr(runtime_predict, "claim_output", another_run_finishes_first)
+    assert predict(folder, "--model", tiny_onnx, "--output", out) == 3
+    assert "already holds 1 result file of these inputs (first: b.png)" in capsys.readouterr().err
+    assert (out / "b.png").read_bytes() == b"the other run's mask"
+
+
+def test_a_claim_file_removed_by_a_finishing_run_is_not_taken_as_held(tmp_path, monkeypatch):
+    import fcntl
+
+    from lungseg.runtime.predict import OutputLocationError, claim_output
+
+    other = claim_output(tmp_path)
+    other.__enter__()
+    real_flock = fcntl.flock
+
+    def the_other_run_ends_between_open_and_lock(descriptor, operation):
+        other.__exit__(None, None, None)  # removes its claim file, then lets go of it
+        real_flock(descriptor, operation)
+
+    monkeypatch.setattr(fcntl, "flock", the_other_run_ends_between_open_and_lock)
+    with pytest.raises(OutputLocationError, match="another lungseg predict is writing there"):
+        with claim_output(tmp_path):
+            pass
+
+
+def test_a_folder_that_cannot_be_locked_is_still_written_with_a_warning(folder, tiny_onnx, tmp_path, monkeypatch,
+                                                                        caplog):
+    import errno
+    import fcntl
+
+    def no_locks_here(descriptor, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks_here)
+    assert predict(folder, "--model", tiny_onnx, "--output", tmp_path / "out") == 0
+    assert "cannot lock .lungseg-predict.lock (No locks available)" in caplog.text

@@ -77,6 +77,14 @@ def test_later_stages_log_to_the_training_run_when_the_store_has_it(tmp_path):
     assert model_run_id(uri, training_run_id, PARAMS, {}, tmp_path) == training_run_id
 
 
+def test_a_param_value_mlflow_cuts_short_still_matches_the_training_run(tmp_path):
+    uri = resolve_tracking_uri({}, tmp_path)
+    long_params = {**PARAMS, "prepare.sources": ["data/sources/hospital-" + "x" * 40] * 200}  # over 6000 characters
+    with training_run(uri, {}, tmp_path, None, long_params, _params_file(tmp_path), {}) as training_run_id:
+        pass
+    assert model_run_id(uri, training_run_id, long_params, {}, tmp_path) == training_run_id
+
+
 def test_an_experiment_that_changes_only_later_params_gets_a_run_nested_under_the_training_run(tmp_path, caplog):
     """`dvc exp run -S evaluate.lung_crop_margin=null` reuses the trained model: its results must not overwrite
     those the training run holds for its own params."""

@@ -33,6 +33,7 @@ import pandas as pd
 from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from lungseg.errors import UserError
 from lungseg.runtime.registry import REGISTERED_MODEL
@@ -271,10 +272,12 @@ def model_run_id(tracking_uri: str, training_run_id: str | None, flat_params: di
       run, whose results stay those of its own params;
     - a model trained against another store (pulled from a DVC remote, copied from another clone) or whose run
       was deleted: trained-elsewhere-<id>.
-    A checkpoint without a training run id (not written by the train stage) gets a new run each time."""
+    A training run resumed after an interruption keeps the params it logged first, so later-stage params changed
+    meanwhile count as other params. A checkpoint without a training run id (not written by the train stage) gets a
+    new run each time."""
     client = MlflowClient(tracking_uri)
     training = _live_run(client, training_run_id)
-    if training is not None and training.data.params == param_strings(flat_params):
+    if training is not None and training.data.params == _as_logged(flat_params):
         return training.info.run_id
     experiment_id = _experiment_id(tracking_uri, environ, cwd)
     trained_in, digest = training_run_id or "unknown", params_digest(flat_params)
@@ -320,8 +323,13 @@ def _live_run(client: MlflowClient, run_id: str | None):
     return run if run.info.lifecycle_stage != "deleted" else None
 
 
+def _as_logged(flat_params: dict[str, object]) -> dict[str, str]:
+    """The params as a run logged them: MLflow cuts a value longer than it stores."""
+    return {key: value[:MAX_PARAM_VAL_LENGTH] for key, value in param_strings(flat_params).items()}
+
+
 def _changed(logged: dict[str, str], flat_params: dict[str, object]) -> list[str]:
-    now = param_strings(flat_params)
+    now = _as_logged(flat_params)
     return [f"{key}: {logged.get(key, '(none)')} -> {now.get(key, '(none)')}"
             for key in sorted(set(logged) | set(now)) if logged.get(key) != now.get(key)]
 

@@ -79,11 +79,18 @@ def write_jpeg(path: str | Path, array: np.ndarray, quality: int = 90) -> None:
     write_bytes(path, buffer.getvalue())
 
 
-def clear_temporaries(folder: str | Path) -> int:
-    """Remove the hidden temporaries an interrupted run left in `folder` (and below); returns how many."""
+def clear_temporaries(folder: str | Path, spare_folders_holding: str | None = None) -> int:
+    """Remove the hidden temporaries an interrupted run left in `folder` (and below); returns how many. A
+    sub-folder holding a file named `spare_folders_holding` (another run's claim on it) is left alone, and so is
+    everything below it."""
     removed = 0
-    for leftover in Path(folder).rglob(f"{TEMPORARY_PREFIX}*"):
-        if leftover.is_file():
-            leftover.unlink(missing_ok=True)
-            removed += 1
+    for root, folders, names in os.walk(folder):
+        if spare_folders_holding and spare_folders_holding in names and Path(root) != Path(folder):
+            folders[:] = []
+            continue
+        for name in names:
+            leftover = Path(root) / name
+            if name.startswith(TEMPORARY_PREFIX) and leftover.is_file():
+                leftover.unlink(missing_ok=True)
+                removed += 1
     return removed

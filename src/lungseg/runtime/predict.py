@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import logging
 import os
 import time
 from collections import deque
@@ -53,6 +54,8 @@ PATIENT_COLUMNS = ["PatientID", "PatientName", "AccessionNumber"]
 REPORT = "report.csv"
 RESULT_COLUMNS = ("mask", "labels", "overlay", "probability", "seg")  # report.csv's columns naming result files
 CLAIM = ".lungseg-predict.lock"  # hidden: input listing never picks it up
+
+log = logging.getLogger(__name__)
 
 
 class OutputLocationError(UserError, ValueError):
@@ -140,10 +143,15 @@ def _visible_files(folder: Path) -> tuple[list[Path], set[Path]]:
     listed, so that it is reported as a file not found."""
     found, walked = [], set()
     for root, folders, names in os.walk(folder, followlinks=True):
-        walked.add(Path(root).resolve())
-        folders[:] = [f for f in sorted(folders) if not f.startswith(".") and (Path(root) / f).resolve() not in walked]
+        real = Path(root).resolve()
+        if real in walked:  # reached again through a link: a loop, or a second link to the same folder
+            folders[:] = []
+            continue
+        walked.add(real)
+        folders[:] = sorted(f for f in folders if not f.startswith("."))
         found.extend(Path(root) / name for name in sorted(names) if not name.startswith("."))
-    return [path for path in found if path.is_file() or path.is_symlink()], walked
+    # regular files, and links to nothing (never a link to a pipe or a device, which reading would block on)
+    return [path for path in found if path.is_file() or not path.exists()], walked
 
 
 def output_name(relative: Path) -> Path:
@@ -171,24 +179,34 @@ def claim_output(output_dir: str | Path) -> Iterator[None]:
         yield
         return
     path = Path(output_dir) / CLAIM
-    try:
-        handle = open(path, "a")
+    busy = OutputLocationError(f"--output {output_dir}: another lungseg predict is writing there; wait for it, or "
+                               f"choose another folder")
+    try:  # read-only: a claim file another user's killed run left behind does not lock this user out
+        descriptor = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
     except OSError as err:
         raise OutputLocationError(f"--output {output_dir}: cannot hold the folder ({err.strerror or err})") from None
-    with handle:
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            held = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino  # not a file a finishing run removed
-        except OSError:
-            held = False
-        if not held:
-            raise OutputLocationError(f"--output {output_dir}: another lungseg predict is writing there; wait for "
-                                      f"it, or choose another folder")
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise busy from None
+        except OSError as err:  # a file system without locks (some NFS mounts): runs are not kept apart there
+            log.warning("--output %s: cannot lock %s (%s); another run into this folder would not be refused",
+                        output_dir, CLAIM, err.strerror or err)
+            yield
+            return
+        try:
+            if os.fstat(descriptor).st_ino != os.stat(path).st_ino:  # a file a finishing run has just removed
+                raise busy
+        except FileNotFoundError:
+            raise busy from None
         try:
             yield
         finally:
             with contextlib.suppress(OSError):
                 path.unlink()  # while still held: a run waiting on this file sees it gone
+    finally:
+        os.close(descriptor)
 
 
 def plan(inputs: list[str | Path], output_dir: str | Path, extras: set[str], overwrite: bool = False) -> list[Job]:
@@ -230,6 +248,10 @@ def plan(inputs: list[str | Path], output_dir: str | Path, extras: set[str], ove
         else:
             claimed.update(dict.fromkeys(targets, job.shown))
             job.replaces = [target for target in _targets(job, set(EXTRA_OUTPUTS)) if target.exists()]
+    for job in jobs:  # never another input's result of this run (chest.png's overlay name is chest_overlay.png's
+        # mask), nor an input file
+        job.replaces = [path for path in job.replaces
+                        if claimed.get(path, job.shown) == job.shown and path.resolve() not in input_files]
     if not overwrite:
         existing = [path for job in jobs for path in job.replaces] + [p for p in [output_dir / REPORT] if p.exists()]
         if existing:
@@ -348,7 +370,7 @@ def predict_files(segmenter: Segmenter, jobs: list[Job], output_dir: str | Path,
     model runs (ONNX Runtime, OpenCV and PIL release the GIL), so I/O is hidden behind the model.
     """
     output_dir = Path(output_dir).resolve()
-    files.clear_temporaries(output_dir)
+    files.clear_temporaries(output_dir, spare_folders_holding=CLAIM)  # a run into a sub-folder keeps its own
     summary = PredictionSummary(provider=segmenter.provider)
     results: list[tuple[Job, dict | Future]] = []
     write_failures: list[str] = []  # filled by the pool as soon as a write fails
@@ -383,7 +405,7 @@ def predict_files(segmenter: Segmenter, jobs: list[Job], output_dir: str | Path,
                 results.append((job, future))
         rows = [{"file": job.shown, **_settle(job, result)} for job, result in results]
     for (job, _), row in zip(results, rows):
-        if row["status"].startswith("error: "):  # failed now; inputs the batch never reached keep theirs
+        if row["status"].startswith(("error: ", "skipped: ")):  # inputs the batch never reached keep theirs
             _remove_replaced(job, row, keep=set())
         elif row["status"] in ("ok", "review"):  # an earlier run's kinds of result this run did not make
             _remove_replaced(job, row, keep={output_dir / row[column] for column in RESULT_COLUMNS if row.get(column)})
