@@ -101,6 +101,13 @@ def test_bad_requests_get_a_clear_4xx(service, body, code, message):
     assert message in json.loads(answer)["detail"]
 
 
+def test_an_unknown_format_is_one_sentence(service, real_xray):
+    status, _, answer = post(service, png_bytes(real_xray[0]), "?format=bogus")
+    assert status == 422
+    detail = json.loads(answer)["detail"]
+    assert isinstance(detail, str) and detail.startswith("format: ") and "'review'" in detail, detail
+
+
 def test_too_large_and_decompression_bomb(service):
     status, _, answer = post(service, b"\x00" * (MAX_BYTES + 1))
     assert status == 413 and "over the limit" in json.loads(answer)["detail"]

@@ -21,6 +21,7 @@ from importlib import resources
 from typing import Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.requests import ClientDisconnect
@@ -37,7 +38,8 @@ ERRORS = {
     408: "the body did not arrive within the body timeout",
     413: "body over the size limit, or an image over the pixel limit",
     415: "not a PNG, JPEG, TIFF or DICOM file (or a multipart form instead of the file's bytes)",
-    422: "format=seg for a DICOM whose header a SEG cannot be made from (missing UIDs, ...)",
+    422: "a format other than png, labels, json, seg or review; or format=seg for a DICOM whose header a SEG cannot "
+         "be made from (missing UIDs, ...)",
     503: "busy: too many requests waiting; retry after the seconds in Retry-After",
 }
 SEGMENT_OPENAPI = {
@@ -68,6 +70,12 @@ def create_app(segmenter: Segmenter, max_bytes: int = limits.MAX_REQUEST_BYTES,
                   description="Lung masks for chest X-rays. Research use only, not for clinical use.")
     card = segmenter.model.card
     gate = asyncio.Semaphore(max_concurrent)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
+        """One sentence in `detail`, as every other error of this service, instead of FastAPI's list."""
+        problems = "; ".join(f"{error['loc'][-1]}: {error['msg']}" for error in err.errors())
+        return JSONResponse({"detail": problems}, status_code=422)
     admitted = 0  # requests inside the service: reading, waiting for the gate, or being processed
 
     def process(body: bytes, fmt: str) -> Response:
