@@ -6,6 +6,7 @@ import os
 import signal
 import stat
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -267,13 +268,30 @@ def test_linked_folders_are_followed_once_and_a_dangling_link_is_an_error_row(fo
     (folder / "pipe.png").symlink_to(tmp_path / "pipe")  # a link to a pipe would block the reader: left out
     (folder / "gone.png").symlink_to(tmp_path / "nothing.png")
     out = tmp_path / "out"
-    assert predict(folder, "--model", tiny_onnx, "--output", out) == 1
+    done = threading.Event()
+    threading.Thread(target=_release_readers, args=(tmp_path / "pipe", done), daemon=True).start()
+    try:
+        assert predict(folder, "--model", tiny_onnx, "--output", out) == 1
+    finally:
+        done.set()
     assert "gone.png: file not found" in capsys.readouterr().err
     assert sorted(p.name for p in out.glob("*.png") if "_" not in p.name) == ["a.png", "b.png", "c.png"]
     assert (out / "linked" / "d.png").is_file() and not (out / "same").exists()
     with open(out / "report.csv", newline="") as handle:
         assert len(list(csv.DictReader(handle))) == 5
     assert predict(folder, "--model", tiny_onnx, "--output", elsewhere / "masks") == 3  # inside a linked input
+
+
+def _release_readers(fifo: Path, done: threading.Event) -> None:
+    """Should predict ever open the pipe, give it an end of file after a few seconds: the test then fails on the
+    pipe's row instead of hanging."""
+    time.sleep(5)
+    while not done.is_set():
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # succeeds only while someone reads
+        except OSError:  # no reader
+            pass
+        time.sleep(0.5)
 
 
 def test_overwrite_leaves_each_input_only_this_runs_results(folder, tiny_onnx, tmp_path, capsys):
