@@ -39,7 +39,7 @@ def _load(args: argparse.Namespace):
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from lungseg.runtime.predict import Options, claim_output, plan, predict_files
+    from lungseg.runtime.predict import Options, check_outputs, claim_output, plan, predict_files
 
     options = Options(overlay=args.overlay, probabilities=args.probabilities, seg=args.seg,
                       patient_fields=args.patient_fields)
@@ -48,10 +48,10 @@ def _predict(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     try:
         segmenter = _load(args)
-        plan(args.inputs, args.output, options.extras(), overwrite=args.overwrite)  # checks, then the folder exists
+        jobs = plan(args.inputs, args.output, options.extras(), overwrite=args.overwrite)  # then the folder exists
         with claim_output(args.output):
-            # planned again while this run holds the folder: another run may have written there meanwhile
-            jobs = plan(args.inputs, args.output, options.extras(), overwrite=args.overwrite)
+            # checked again while this run holds the folder: another run may have written there meanwhile
+            check_outputs(jobs, args.output, options.extras(), overwrite=args.overwrite)
             summary = predict_files(segmenter, jobs, args.output, options, show_progress=not args.quiet)
     except UserError as err:
         _error(err)

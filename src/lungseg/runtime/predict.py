@@ -234,6 +234,14 @@ def plan(inputs: list[str | Path], output_dir: str | Path, extras: set[str], ove
             jobs.append(Job(item, str(item), output_dir / f"{output_name(Path(item.name))}.png"))
         else:
             jobs.append(Job(item, str(item), None, refused=f"{item}: no such file or folder"))
+    check_outputs(jobs, output_dir, extras, overwrite)
+    return jobs
+
+
+def check_outputs(jobs: list[Job], output_dir: str | Path, extras: set[str], overwrite: bool = False) -> None:
+    """plan's checks of what the outputs would replace, and the output folder's creation; run again, on the same
+    jobs, once a run holds the folder (claim_output), as another run may have written there meanwhile."""
+    output_dir = Path(output_dir).resolve()
     input_files = {job.path.resolve() for job in jobs if job.mask}
     claimed: dict[Path, str] = {}
     for job in (job for job in jobs if job.mask):
@@ -265,7 +273,6 @@ def plan(inputs: list[str | Path], output_dir: str | Path, extras: set[str], ove
         raise OutputLocationError(f"--output {output_dir}: cannot create the folder ({err.strerror or err})") from None
     if not os.access(output_dir, os.W_OK | os.X_OK):
         raise OutputLocationError(f"--output {output_dir}: folder is not writable")
-    return jobs
 
 
 @dataclass
