@@ -34,3 +34,15 @@ def test_serve_options_out_of_range_are_usage_errors(option, value, capsys):
     with pytest.raises(SystemExit) as usage:
         main(["serve", option, value])
     assert usage.value.code == EXIT_USAGE and f"{option}: " in capsys.readouterr().err
+
+
+def test_ui_on_a_taken_port_says_so_and_fails(capsys):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["ui", "--port", str(port)]) == EXIT_UNUSABLE
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        main(["ui", "--port", "99999"])
+    assert usage.value.code == EXIT_USAGE

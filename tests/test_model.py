@@ -3,7 +3,7 @@ import torch
 import torchvision
 
 from lungseg.config import ModelConfig
-from lungseg.model import WeightsNotFoundError, build_model, imagenet_weights_path
+from lungseg.model import WeightsNotFoundError, WeightsUnusableError, build_model, imagenet_weights_path
 
 
 def config(encoder: str = "resnet18", weights: str | None = None) -> ModelConfig:
@@ -49,6 +49,17 @@ def test_missing_imagenet_weights_fail_with_the_place_to_put_them():
 def test_missing_local_weights_file_is_named(tmp_path):
     with pytest.raises(WeightsNotFoundError, match="nope.pth"):
         build_model(config(weights=str(tmp_path / "nope.pth")), in_channels=1)
+
+
+def test_a_weights_file_that_is_not_a_resnet_state_dict_is_one_line_naming_the_param(tmp_path):
+    (tmp_path / "README.md").write_text("# not weights")
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
+    torch.save([1, 2], tmp_path / "list.pth")
+    for name, problem in (("README.md", "not a PyTorch state_dict file"),
+                          ("other.pth", r"not a torchvision ResNet state_dict \(no conv1.weight\)"),
+                          ("list.pth", "holds a list, not a state_dict")):
+        with pytest.raises(WeightsUnusableError, match=f"model.encoder_weights .*{name}: {problem}"):
+            build_model(config(weights=str(tmp_path / name)), in_channels=1)
 
 
 def test_local_weights_file_is_loaded_and_first_conv_adapted(tmp_path):

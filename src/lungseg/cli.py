@@ -98,8 +98,16 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
+    import socket
+
     from lungseg import tracking
 
+    try:  # MLflow's server reports a taken port in its log and still exits 0
+        with socket.create_server((args.host, args.port)):
+            pass
+    except OSError as err:
+        _error(f"cannot listen on {args.host}:{args.port} ({err.strerror or err}); choose another --port")
+        return EXIT_UNUSABLE
     return tracking.run_ui(args.host, args.port)
 
 
@@ -195,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ui = commands.add_parser("ui", help="open the MLflow UI on this repository's runs (or MLFLOW_TRACKING_URI)")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=_whole_number(1, 65535), default=5000, help="port (default %(default)s)")
     ui.set_defaults(handler=_ui)
 
     server = commands.add_parser("tracking-server",

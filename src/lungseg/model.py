@@ -25,6 +25,10 @@ class WeightsNotFoundError(UserError, FileNotFoundError):
     """Pretrained encoder weights were asked for but are not on disk; nothing is ever downloaded."""
 
 
+class WeightsUnusableError(UserError, ValueError):
+    """The encoder weights file is not a torchvision ResNet state_dict that fits the encoder."""
+
+
 def imagenet_weights(encoder: str) -> torchvision.models.WeightsEnum:
     """torchvision's ImageNet weights entry for an encoder (its URL names the cached file)."""
     return torchvision.models.get_model_weights(encoder).IMAGENET1K_V1
@@ -132,7 +136,13 @@ class UNet(nn.Module):
 
 def load_encoder_weights(model: UNet, path: Path, in_channels: int) -> None:
     """Load a torchvision ResNet state_dict into the encoder; the 3-channel first conv is summed to fit."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a file torch saved, or one holding objects weights_only refuses
+        raise WeightsUnusableError(f"model.encoder_weights {path}: not a PyTorch state_dict file "
+                                   f"({type(err).__name__})") from None
+    if not isinstance(state, dict):
+        raise WeightsUnusableError(f"model.encoder_weights {path}: holds a {type(state).__name__}, not a state_dict")
     renamed = {}
     for key, value in state.items():
         for prefix, target in model.encoder_state_names().items():
@@ -140,15 +150,16 @@ def load_encoder_weights(model: UNet, path: Path, in_channels: int) -> None:
                 renamed[target + key[len(prefix):]] = value
     conv = renamed.get("stem.0.weight")
     if conv is None:
-        raise ValueError(f"{path}: not a torchvision ResNet state_dict (no conv1.weight)")
+        raise WeightsUnusableError(f"model.encoder_weights {path}: not a torchvision ResNet state_dict (no "
+                                   f"conv1.weight)")
     if conv.shape[1] != in_channels:
         # Keep the filters' response to a gray image: sum over RGB, spread evenly over the new channels.
         renamed["stem.0.weight"] = conv.sum(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels
     missing, unexpected = model.load_state_dict(renamed, strict=False)
     encoder_missing = [k for k in missing if k.startswith(("stem.", "layers."))]
     if encoder_missing or unexpected:
-        raise ValueError(f"{path}: weights do not fit the encoder (missing {encoder_missing[:3]}, "
-                         f"unexpected {unexpected[:3]})")
+        raise WeightsUnusableError(f"model.encoder_weights {path}: weights do not fit the encoder (missing "
+                                   f"{encoder_missing[:3]}, unexpected {unexpected[:3]})")
 
 
 def build_model(config: ModelConfig, in_channels: int) -> UNet:
