@@ -46,3 +46,12 @@ def test_ui_on_a_taken_port_says_so_and_fails(capsys):
     with pytest.raises(SystemExit) as usage:
         main(["ui", "--port", "99999"])
     assert usage.value.code == EXIT_USAGE
+
+
+@pytest.mark.parametrize("argv", [["promote", "abc", "champion"], ["promote", "0", "champion"],
+                                  ["tracking-server", "start", "--dir", "x", "--port", "0"],
+                                  ["tracking-server", "start", "--dir", "x", "--workers", "0"]])
+def test_malformed_registry_and_server_options_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as usage:
+        main(argv)
+    assert usage.value.code == EXIT_USAGE

@@ -89,7 +89,7 @@ def _promote(args: argparse.Namespace) -> int:
     from lungseg.runtime import registry
 
     try:
-        registry.promote(args.version, args.alias, args.name)
+        registry.promote(str(args.version), args.alias, args.name)
     except UserError as err:
         _error(err)
         return EXIT_UNUSABLE
@@ -196,9 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     promote = commands.add_parser("promote", help="point a registry alias at a version of the registered model")
-    promote.add_argument("version", help="model version number, e.g. 3")
+    promote.add_argument("version", type=_whole_number(1), help="model version number, e.g. 3")
     promote.add_argument("alias", help="alias to set, e.g. champion")
-    promote.add_argument("--name", default="lungseg", help="registered model name")
+    promote.add_argument("--name", default="lungseg", help="registered model name (default %(default)s)")
     promote.set_defaults(handler=_promote)
 
     ui = commands.add_parser("ui", help="open the MLflow UI on this repository's runs (or MLFLOW_TRACKING_URI)")
@@ -210,9 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="start/stop/status of a team MLflow server on PostgreSQL (127.0.0.1 only)")
     server.add_argument("action", choices=["start", "stop", "status"])
     server.add_argument("--dir", required=True, help="the server's folder: database cluster, artifacts, logs, pids")
-    server.add_argument("--db-port", type=int, default=15432, help="PostgreSQL port on 127.0.0.1")
-    server.add_argument("--port", type=int, default=5000, help="MLflow server port on 127.0.0.1")
-    server.add_argument("--workers", type=int, default=2, help="MLflow server worker processes")
+    server.add_argument("--db-port", type=_whole_number(1, 65535), default=15432,
+                        help="PostgreSQL port on 127.0.0.1 (default %(default)s)")
+    server.add_argument("--port", type=_whole_number(1, 65535), default=5000,
+                        help="MLflow server port on 127.0.0.1 (default %(default)s)")
+    server.add_argument("--workers", type=_whole_number(1, 64), default=2,
+                        help="MLflow server worker processes (default %(default)s)")
     server.set_defaults(handler=_tracking_server)
     return parser
 
