@@ -14,6 +14,8 @@ AVX512_BF16 = peaks_module.AVX512_BF16.name
 EPYC = "flags\t\t: fpu sse4_2 avx fma avx2 bmi2\ncpu MHz\t\t: 2450.000\n"
 EPYC_ZEN4 = ("vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\ncpu MHz\t\t: 2596.138\n"
              "flags\t\t: fpu fma avx2 avx512f avx512dq avx512_bf16 avx512_vnni\n")
+EPYC_ZEN1 = ("vendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 1\ncpu MHz\t\t: 1996.249\n"
+             "flags\t\t: fpu fma avx2 bmi2\n")
 CASCADE_LAKE = "flags\t\t: fpu avx2 avx512f avx512bw avx512_vnni\ncpu MHz\t\t: 2500.000\n"
 SAPPHIRE_RAPIDS = ("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\ncpu MHz\t\t: 2000.000\n"
                    "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\ncpu MHz\t\t: 2100.000\n")
@@ -36,6 +38,16 @@ def test_zen4_runs_avx512_at_half_rate():
     for full_rate in (intel, zen5):
         gflops = peaks_module.cpu_peaks(2, full_rate).gflops
         assert (gflops[AVX512], gflops[AVX512_BF16]) == (pytest.approx(2 * avx2), pytest.approx(4 * avx2))
+
+
+def test_zen_and_zen_plus_run_avx2_at_half_rate():
+    """Zen and Zen+ (family 23, models below 0x30) have 128-bit FMA pipes; Zen 2 (model 0x31 on) and Intel 256-bit."""
+    assert peaks_module.cpu_peaks(2, EPYC_ZEN1).gflops == {AVX2: pytest.approx(2 * 1.996249 * 16)}
+    zen_plus = EPYC_ZEN1.replace("model\t\t: 1\n", "model\t\t: 8\n")
+    assert peaks_module.cpu_peaks(2, zen_plus).gflops == {AVX2: pytest.approx(2 * 1.996249 * 16)}
+    zen2 = EPYC_ZEN1.replace("model\t\t: 1\n", "model\t\t: 49\n")
+    for full_rate in (zen2, EPYC_ZEN1.replace("AuthenticAMD", "GenuineIntel")):
+        assert peaks_module.cpu_peaks(2, full_rate).gflops == {AVX2: pytest.approx(2 * 1.996249 * 32)}
 
 
 @pytest.mark.parametrize("cpu, precision, limit, unit", [
