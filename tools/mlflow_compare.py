@@ -20,10 +20,11 @@ from mlflow.tracking import MlflowClient
 
 from lungseg import tracking
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from browser import CHROMIUM_FLAGS  # the tests' headless-Chromium flags: one home for them
+
 PLOTTED_METRICS = ["test/dice", "test/iou", "test/dice_worst5pct", "test/montgomery/dice", "test/shenzhen/dice",
                    "robustness/largest_dice_drop"]
-CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def run_ids(tracking_uri: str, names: list[str]) -> tuple[str, list[str]]:
