@@ -48,6 +48,20 @@ def test_ui_on_a_taken_port_says_so_and_fails(capsys):
     assert usage.value.code == EXIT_USAGE
 
 
+def test_tracking_server_start_refuses_a_port_bound_by_another_program_before_starting_anything(tmp_path):
+    """A port bound but not listening refuses connections, so only a bind finds it taken."""
+    import socket
+
+    from lungseg import tracking_server
+
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        with pytest.raises(tracking_server.TrackingServerError, match=f"cannot listen on 127.0.0.1:{port} "):
+            tracking_server.start(tmp_path / "server", port, port + 1 if port < 65535 else port - 1)
+    assert not (tmp_path / "server").exists()
+
+
 @pytest.mark.parametrize("argv", [["promote", "abc", "champion"], ["promote", "0", "champion"],
                                   ["tracking-server", "start", "--dir", "x", "--port", "0"],
                                   ["tracking-server", "start", "--dir", "x", "--workers", "0"]])

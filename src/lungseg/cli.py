@@ -98,15 +98,11 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    import socket
+    from lungseg import tracking, tracking_server
 
-    from lungseg import tracking
-
-    try:  # MLflow's server reports a taken port in its log and still exits 0
-        with socket.create_server((args.host, args.port)):
-            pass
-    except OSError as err:
-        _error(f"cannot listen on {args.host}:{args.port} ({err.strerror or err}); choose another --port")
+    problem = tracking_server.listen_problem(args.host, args.port)
+    if problem is not None:  # checked first: MLflow's server reports a taken port in its log and still exits 0
+        _error(f"cannot listen on {args.host}:{args.port} ({problem}); choose another --port")
         return EXIT_UNUSABLE
     return tracking.run_ui(args.host, args.port)
 

@@ -13,7 +13,6 @@ authentication; MLflow's own server has none.
 """
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
@@ -92,9 +91,14 @@ def _run(command: list[str], what: str, log: Path | None = None) -> None:
         raise TrackingServerError(f"{what} failed: {detail}")
 
 
-def _free(port: int) -> bool:
-    with contextlib.closing(socket.socket()) as probe:
-        return probe.connect_ex((HOST, port)) != 0
+def listen_problem(host: str, port: int) -> str | None:
+    """Why a server could not listen on host:port (taken, no such address, a privileged port), or None if it can.
+    Binding tells all three; connecting would only find a port something already answers on."""
+    try:
+        with socket.create_server((host, port)):
+            return None
+    except OSError as err:
+        return str(err.strerror or err)
 
 
 def _alive(pid: int) -> bool:
@@ -203,8 +207,9 @@ def start(folder: str | Path, database_port: int, mlflow_port: int, workers: int
         if _alive(previous.mlflow_pid) or _alive(previous.postgres_pid):
             raise TrackingServerError(f"{folder}: already running ({previous.tracking_uri}); stop it first")
     for port in (database_port, mlflow_port):
-        if not _free(port):
-            raise TrackingServerError(f"port {HOST}:{port} is already in use; choose another")
+        problem = listen_problem(HOST, port)
+        if problem is not None:
+            raise TrackingServerError(f"cannot listen on {HOST}:{port} ({problem}); choose another port")
     programs = postgres_programs()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "artifacts").mkdir(exist_ok=True)
