@@ -1,6 +1,7 @@
 """The `lungseg` command itself: version, help, and the exit codes it documents."""
 import pytest
 
+from conftest import free_port
 from lungseg import __version__
 from lungseg.cli import EXIT_INPUTS_FAILED, EXIT_OK, EXIT_UNUSABLE, EXIT_USAGE, build_parser, main
 
@@ -58,7 +59,7 @@ def test_tracking_server_start_refuses_a_port_bound_by_another_program_before_st
         bound.bind(("127.0.0.1", 0))
         port = bound.getsockname()[1]
         with pytest.raises(tracking_server.TrackingServerError, match=f"cannot listen on 127.0.0.1:{port} "):
-            tracking_server.start(tmp_path / "server", port, port + 1 if port < 65535 else port - 1)
+            tracking_server.start(tmp_path / "server", port, free_port())
     assert not (tmp_path / "server").exists()
 
 
